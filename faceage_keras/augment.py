@@ -1,0 +1,71 @@
+"""Training-time augmentation of face crops, driven by an explicit random generator."""
+
+import dataclasses
+
+from PIL import Image, ImageEnhance
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Strengths of the training augmentations.
+
+    Attributes:
+        crop_scale: tuple of float. Range of the area fraction kept by the
+            random resized crop.
+        flip_probability: float. Probability of a horizontal flip.
+        brightness: float. Maximum relative change of brightness.
+        contrast: float. Maximum relative change of contrast.
+        saturation: float. Maximum relative change of saturation.
+        rotation_degrees: float. Maximum rotation either way, in degrees.
+    """
+
+    crop_scale: tuple = (0.8, 1.0)
+    flip_probability: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    rotation_degrees: float = 10.0
+
+    def __post_init__(self):
+        self.crop_scale = tuple(float(value) for value in self.crop_scale)
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"`crop_scale` must satisfy 0 < low <= high <= 1. Received: crop_scale={self.crop_scale}")
+        if not 0 <= self.flip_probability <= 1:
+            raise ValueError(f"`flip_probability` must be in [0, 1]. Received: {self.flip_probability}")
+
+
+def augment_face(image, size, config, rng):
+    """Return a randomly cropped, flipped, colour-jittered and rotated RGB face of `size` x `size` pixels.
+
+    Args:
+        image: PIL RGB image.
+        size: int. Output side in pixels.
+        config: `AugmentConfig`.
+        rng: `numpy.random.Generator` that draws every random choice.
+    """
+    width, height = image.size
+
+    # Random resized crop with the aspect ratio kept, as faces are centred crops.
+    scale = rng.uniform(*config.crop_scale)
+    crop_width, crop_height = width * scale**0.5, height * scale**0.5
+    left = rng.uniform(0, width - crop_width)
+    top = rng.uniform(0, height - crop_height)
+    box = (left, top, left + crop_width, top + crop_height)
+    image = image.resize((size, size), Image.BILINEAR, box=box)
+
+    if rng.random() < config.flip_probability:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+
+    for enhancer, strength in (
+        (ImageEnhance.Brightness, config.brightness),
+        (ImageEnhance.Contrast, config.contrast),
+        (ImageEnhance.Color, config.saturation),
+    ):
+        if strength > 0:
+            image = enhancer(image).enhance(rng.uniform(1 - strength, 1 + strength))
+
+    if config.rotation_degrees > 0:
+        angle = rng.uniform(-config.rotation_degrees, config.rotation_degrees)
+        image = image.rotate(angle, resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    return image

@@ -1,0 +1,118 @@
+"""Keras callbacks for validation metrics, model selection and epoch log lines."""
+
+import logging
+import math
+
+import keras
+import numpy as np
+
+from faceage_keras import metrics
+from faceage_keras.evaluation import validation_scores
+from faceage_keras.labels import AGE_GROUP_LABELS
+
+logger = logging.getLogger(__name__)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Score the validation set after each epoch and add the results to the logs.
+
+    Adds `val_loss` (the task's loss with its loss weights), `val_mae`,
+    `val_mae_<group>` for the five age groups, and where the model has the
+    heads `val_gender_accuracy`, `val_age_group_accuracy` and
+    `val_mae_expected`. Place it before callbacks that read these keys.
+
+    Args:
+        dataset: `FaceDataset` of the validation split, not shuffled.
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+        self.task = dataset.task
+        self._losses = {name: make_loss() for name, make_loss in self.task.losses.items()}
+
+    def _loss(self, outputs):
+        table = self.dataset.table
+        targets, sample_weight = self.task.targets(
+            table["age_clipped"].to_numpy(), table["gender"].to_numpy(), table["group"].to_numpy()
+        )
+        total = 0.0
+        for name, loss in self._losses.items():
+            weight = None if sample_weight is None else sample_weight[name]
+            value = float(keras.ops.convert_to_numpy(loss(targets[name], outputs[name], sample_weight=weight)))
+            total += self.task.loss_weights[name] * value
+        return total
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs = self.model.predict(self.dataset, verbose=0)
+        logs = logs if logs is not None else {}
+        logs["val_loss"] = self._loss(outputs)
+        for name, value in validation_scores(self.task, self.dataset.table, outputs).items():
+            logs[f"val_{name}"] = value
+
+
+def selection_score(task, logs):
+    """Return the tuple that model selection maximises for a task's epoch logs.
+
+    Gender models compare validation gender accuracy first and MAE second;
+    the others compare MAE alone.
+    """
+    mae = logs.get("val_mae", math.inf)
+    if not math.isfinite(mae):
+        mae = math.inf
+    if task.predicts_gender:
+        return (logs.get("val_gender_accuracy", -math.inf), -mae)
+    return (-mae,)
+
+
+class SelectBestEpoch(keras.callbacks.Callback):
+    """Save the model of the best epoch and stop after `patience` epochs without improvement.
+
+    Args:
+        task: `TaskSpec` whose `selection_score` ranks epochs.
+        path: path of the `.keras` file to write.
+        patience: int. Epochs without a better score before training stops.
+    """
+
+    def __init__(self, task, path, patience):
+        super().__init__()
+        self.task = task
+        self.path = str(path)
+        self.patience = int(patience)
+        self.best_score = None
+        self.best_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = selection_score(self.task, logs or {})
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.model.save(self.path)
+            logger.info("Epoch %d is the best so far; saved %s.", epoch + 1, self.path)
+        elif epoch - self.best_epoch >= self.patience:
+            logger.info("No improvement for %d epochs: stopping early.", self.patience)
+            self.model.stop_training = True
+
+
+class EpochLogLine(keras.callbacks.Callback):
+    """Log one line per epoch: losses, validation MAE, the five group MAEs and accuracies."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.epochs}"]
+        parts += [f"{name} {value:.4g}" for name, value in logs.items() if name.endswith("loss")]
+        parts.append(f"val MAE {logs.get('val_mae', np.nan):.2f}")
+        groups = ", ".join(
+            f"{label} {logs.get(f'val_mae_{suffix}', np.nan):.2f}"
+            for label, suffix in zip(AGE_GROUP_LABELS, metrics.GROUP_METRIC_SUFFIXES)
+        )
+        parts.append(f"group MAE ({groups})")
+        for name in ("val_mae_expected", "val_age_group_accuracy", "val_gender_accuracy"):
+            if name in logs:
+                parts.append(f"{name} {logs[name]:.4f}")
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.3g}")
+        logger.info(", ".join(parts))

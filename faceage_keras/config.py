@@ -1,0 +1,136 @@
+"""Experiment configuration: a dataclass read from TOML files and command-line overrides."""
+
+import dataclasses
+import json
+import pathlib
+import tomllib
+
+import timm
+
+from faceage_keras.augment import AugmentConfig
+from faceage_keras.backbone import CHECKPOINT_SUFFIXES, NAMED_WEIGHTS
+from faceage_keras.models import get_task
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment setting."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    TOML files set these fields as top-level keys, with the augmentation
+    strengths in an `[augment]` table (see `AugmentConfig`).
+
+    Attributes:
+        model: str. `m1` ... `m5`.
+        backbone: str. timm model name.
+        weights: str. Backbone weights: `none`, `imagenet`,
+            `efficientnet-lite0-package` or a checkpoint path.
+        image_size: int. Side of the square input in pixels.
+        freeze_backbone: bool. Train only the heads.
+        dropout: float. Dropout rate before the heads.
+        age_bias: float. Initial bias of age heads, in years.
+        epochs: int. Maximum number of epochs.
+        batch_size: int. Faces per training step.
+        optimizer: str. `sgd` (with momentum) or `adamw`.
+        learning_rate: float. Initial learning rate.
+        momentum: float. SGD momentum.
+        weight_decay: float. AdamW decoupled weight decay.
+        clipnorm: float or None. Gradient-norm clip; None or 0 disables it.
+        lr_step_epochs: int. Multiply the learning rate by `lr_step_factor`
+            every this many epochs.
+        lr_step_factor: float. Factor of each learning-rate step.
+        early_stopping_patience: int. Stop after this many epochs without a
+            better validation score.
+        seed: int. Seed of the splits, shuffling and augmentation.
+        workers: int. Threads that decode and augment images.
+        limit: int or None. Use only the first N faces after a seeded shuffle.
+        skip_bad_rows: bool. Drop invalid metadata rows instead of failing.
+        augment: AugmentConfig. Training augmentation.
+    """
+
+    model: str = "m1"
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "efficientnet-lite0-package"
+    image_size: int = 112
+    freeze_backbone: bool = False
+    dropout: float = 0.0
+    age_bias: float = 33.0
+    epochs: int = 4
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clipnorm: float | None = 5.0
+    lr_step_epochs: int = 20
+    lr_step_factor: float = 0.2
+    early_stopping_patience: int = 30
+    seed: int = 42
+    workers: int = 2
+    limit: int | None = None
+    skip_bad_rows: bool = False
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):
+            self.augment = _from_dict(AugmentConfig, self.augment, "augment")
+        self.model = get_task(self.model).name
+        if not timm.is_model(self.backbone.split(".", 1)[0]):
+            raise ValueError(f"`backbone` must be a timm model name. Received: backbone={self.backbone!r}")
+        if self.weights not in NAMED_WEIGHTS and not str(self.weights).endswith(CHECKPOINT_SUFFIXES):
+            raise ValueError(
+                f"`weights` must be one of {NAMED_WEIGHTS} or a checkpoint path ending in "
+                f"{CHECKPOINT_SUFFIXES}. Received: weights={self.weights!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
+        for name in ("epochs", "batch_size", "image_size", "lr_step_epochs", "workers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be at least 1. Received: {name}={getattr(self, name)}")
+        if self.limit is not None and self.limit < 3:
+            raise ValueError(f"`limit` must be at least 3 faces (one per split). Received: limit={self.limit}")
+        if self.clipnorm == 0:
+            self.clipnorm = None
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        """Write the resolved config as JSON."""
+        pathlib.Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _from_dict(cls, values, where):
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in {where}. Accepted keys: {sorted(known)}")
+    return cls(**values)
+
+
+def load_config(path=None, **overrides):
+    """Build a `TrainConfig` from an optional TOML or JSON file and overrides.
+
+    Overrides that are None are ignored, so command-line options that were
+    not given keep the file's values.
+    """
+    values = {}
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file not found: {path}")
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+        else:
+            with path.open("rb") as file:
+                values = tomllib.load(file)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return _from_dict(TrainConfig, values, str(path) if path else "the config")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error

@@ -1,0 +1,95 @@
+"""A `keras.utils.PyDataset` of face images and the targets of one model."""
+
+import math
+
+import keras
+import numpy as np
+from PIL import Image
+
+from faceage_keras.augment import AugmentConfig, augment_face
+from faceage_keras.images import load_rgb
+from faceage_keras.models import get_task
+
+
+def normalize(pixels):
+    """Map uint8 RGB pixels to float32 in [-1, 1]."""
+    return np.asarray(pixels, dtype="float32") / 127.5 - 1.0
+
+
+class FaceDataset(keras.utils.PyDataset):
+    """Batches of normalised face images with the targets a model needs.
+
+    Each batch is `(images, targets)`, or `(images, targets, sample_weight)`
+    for the cascade model m5. Images are float32 `(batch, size, size, 3)` in
+    [-1, 1]; targets are a dict keyed by the model's output names.
+
+    Args:
+        table: DataFrame with `path`, `age_clipped`, `gender` and `group`
+            columns (see `faceage_keras.table.read_labels`).
+        task: str or `TaskSpec`. The model the targets are for.
+        image_size: int. Output side in pixels.
+        batch_size: int. Faces per batch.
+        training: bool. Augment and reshuffle every epoch.
+        augment: `AugmentConfig` or None. Augmentation strengths when training.
+        seed: int. Seed of the shuffling and augmentation; batch `i` of epoch
+            `e` is the same for the same seed whatever the number of workers.
+        **kwargs: `keras.utils.PyDataset` arguments (`workers`,
+            `use_multiprocessing`, `max_queue_size`).
+    """
+
+    def __init__(self, table, task, *, image_size, batch_size=64, training=False, augment=None, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if len(table) == 0:
+            raise ValueError("`table` is empty: a data set needs at least one face.")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
+        self.table = table.reset_index(drop=True)
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.training = bool(training)
+        self.augment = augment or AugmentConfig()
+        self.seed = int(seed)
+        self.epoch = 0
+
+        self._paths = self.table["path"].to_numpy()
+        self._ages = self.table["age_clipped"].to_numpy(dtype="float32")
+        self._genders = self.table["gender"].to_numpy(dtype="int64")
+        self._groups = self.table["group"].to_numpy(dtype="int64")
+        self._order = self._epoch_order()
+
+    def _epoch_order(self):
+        if not self.training:
+            return np.arange(len(self.table))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.table))
+
+    def __len__(self):
+        return math.ceil(len(self.table) / self.batch_size)
+
+    def load_image(self, index, rng=None):
+        """Return face `index` as a uint8 array, augmented when `rng` is given."""
+        image = load_rgb(self._paths[index])
+        if rng is not None:
+            image = augment_face(image, self.image_size, self.augment, rng)
+        elif image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        return np.asarray(image, dtype="uint8")
+
+    def __getitem__(self, batch_index):
+        if not 0 <= batch_index < len(self):
+            raise IndexError(f"Batch {batch_index} out of range for {len(self)} batches.")
+        indices = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+
+        rng = np.random.default_rng([self.seed, self.epoch, batch_index]) if self.training else None
+        images = normalize(np.stack([self.load_image(index, rng) for index in indices]))
+
+        targets, sample_weight = self.task.targets(
+            self._ages[indices], self._genders[indices], self._groups[indices]
+        )
+        if sample_weight is None:
+            return images, targets
+        return images, targets, sample_weight
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._epoch_order()

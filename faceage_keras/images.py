@@ -1,0 +1,58 @@
+"""Decoding of face images into 8-bit RGB, whatever the file's mode."""
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Modes with more than 8 bits per sample; PIL's own conversion to RGB clips them.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+class ImageReadError(ValueError):
+    """An image file that is missing or cannot be decoded."""
+
+
+def to_rgb(image):
+    """Convert a PIL image of any mode to RGB, applying its EXIF orientation.
+
+    16-bit and float images are rescaled from their own minimum and maximum to
+    0-255 before conversion, and transparent images are composited on white.
+    """
+    image = ImageOps.exif_transpose(image)
+
+    if image.mode in _WIDE_MODES:
+        values = np.asarray(image, dtype="float64")
+        low, high = float(values.min()), float(values.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = Image.fromarray(((values - low) * scale).astype("uint8"), mode="L")
+
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def load_rgb(path):
+    """Read an image file as an RGB PIL image, raising `ImageReadError` with the reason."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except FileNotFoundError as error:
+        raise ImageReadError(f"Image not found: {path}") from error
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"Cannot decode image {path}: {error}") from error
+
+
+def check_readable(path):
+    """Raise `ImageReadError` unless `path` decodes, quickly (JPEGs at reduced scale)."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (64, 64))
+            image.load()
+    except FileNotFoundError as error:
+        raise ImageReadError(f"Image not found: {path}") from error
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"Cannot decode image {path}: {error}") from error

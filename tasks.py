@@ -1,0 +1,63 @@
+"""Command-line tasks: `invoke train --model m4`, `invoke --list` for the rest."""
+
+from invoke import Exit, task
+
+MODELS_HELP = "Which model to train: m1, m2, m3, m4 or m5 (default: the config's, else m1)."
+
+
+def _int_or_none(value):
+    return None if value is None else int(value)
+
+
+@task(
+    help={
+        "model": MODELS_HELP,
+        "data": "Data folder with labels.csv and images/ (default: $FACEAGE_DATA, else synthetic faces).",
+        "config": "Experiment config (TOML), e.g. experiments/cpu/m4.toml. Options given here override it.",
+        "backbone": "timm model name of the backbone, e.g. tf_efficientnet_lite0.",
+        "weights": "Backbone weights: none, imagenet (download), efficientnet-lite0-package (offline) or a checkpoint path.",
+        "image_size": "Side of the square input images in pixels.",
+        "epochs": "Maximum number of epochs.",
+        "batch_size": "Faces per training step.",
+        "limit": "Use only the first N faces after a seeded shuffle, for quick runs.",
+        "run_dir": "Output folder (default: runs/<model>-<timestamp>).",
+        "skip_bad_rows": "Drop invalid metadata rows (listed in skipped_rows.csv) instead of failing.",
+        "workers": "Threads that decode and augment images.",
+    }
+)
+def train(
+    c,
+    model=None,
+    data=None,
+    config=None,
+    backbone=None,
+    weights=None,
+    image_size=None,
+    epochs=None,
+    batch_size=None,
+    limit=None,
+    run_dir=None,
+    skip_bad_rows=False,
+    workers=None,
+):
+    """Train one of the models M1-M5 and evaluate it on its test split."""
+    from faceage_keras.config import ConfigError, load_config
+    from faceage_keras.table import DataError
+    from faceage_keras.training import train as run_training
+
+    try:
+        train_config = load_config(
+            config,
+            model=model,
+            backbone=backbone,
+            weights=weights,
+            image_size=_int_or_none(image_size),
+            epochs=_int_or_none(epochs),
+            batch_size=_int_or_none(batch_size),
+            limit=_int_or_none(limit),
+            workers=_int_or_none(workers),
+            skip_bad_rows=True if skip_bad_rows else None,
+        )
+        run_training(train_config, data=data, run_dir=run_dir)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as error:
+        raise Exit(f"error: {error}", code=2) from error
