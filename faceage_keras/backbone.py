@@ -59,7 +59,7 @@ class TimmBackbone(keras.layers.Layer):
             )
         if weights == LITE0_PACKAGE_WEIGHTS and model_name != LITE0_MODEL_NAME:
             raise ValueError(
-                f"weights={LITE0_PACKAGE_WEIGHTS!r} holds EfficientNet-Lite0 weights and only fits "
+                f"weights={LITE0_PACKAGE_WEIGHTS!r} contains EfficientNet-Lite0 weights and fits only "
                 f"model_name={LITE0_MODEL_NAME!r}. Received: model_name={model_name!r}"
             )
         if not timm.is_model(model_name.split(".", 1)[0]):
@@ -156,7 +156,7 @@ def _load_lite0_package_weights(module):
     # same tensors in the same order, so they are matched by position.
     if len(source) != len(target):
         raise ValueError(
-            f"{path} holds {len(source)} tensors without its classifier, "
+            f"{path} contains {len(source)} tensors without its classifier, "
             f"but {LITE0_MODEL_NAME} has {len(target)}."
         )
     renamed = {}

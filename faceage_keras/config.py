@@ -23,7 +23,8 @@ class TrainConfig:
     """Everything a training run depends on.
 
     TOML files set these fields as top-level keys, with the augmentation
-    strengths in an `[augment]` table (see `AugmentConfig`).
+    strengths in an `[augment]` table (see `AugmentConfig`). The defaults are
+    the CPU recipe of `experiments/cpu/`.
 
     Attributes:
         model: str. `m1` ... `m5`.
@@ -62,14 +63,14 @@ class TrainConfig:
     age_bias: float = 33.0
     epochs: int = 4
     batch_size: int = 64
-    optimizer: str = "sgd"
-    learning_rate: float = 1e-3
+    optimizer: str = "adamw"
+    learning_rate: float = 5e-4
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4
     clipnorm: float | None = 5.0
-    lr_step_epochs: int = 20
+    lr_step_epochs: int = 3
     lr_step_factor: float = 0.2
-    early_stopping_patience: int = 30
+    early_stopping_patience: int = 4
     seed: int = 42
     workers: int = 2
     limit: int | None = None

@@ -1,6 +1,6 @@
 """Reading and validating a face data set: a metadata CSV and an image folder.
 
-A data folder holds `labels.csv` and `images/`. The CSV needs the columns
+A data folder contains `labels.csv` and `images/`. The CSV needs the columns
 `image_name`, `age` and `gender` (or the archive spelling `ImageName`, `Age`,
 `Gender`; header names are compared case-insensitively) and may have a
 `group` column. Gender is written `Male`/`Female`, `M`/`F` or `0`/`1`

@@ -123,7 +123,7 @@ def _write_run_info(run_dir, config, data_dir, is_synthetic, splits):
 
 
 def train(config, *, data=None, run_dir=None):
-    """Train one model as `config` says and evaluate it on the test split.
+    """Train one model with the settings in `config` and evaluate it on the test split.
 
     Args:
         config: `TrainConfig`.

@@ -365,7 +365,7 @@ def test_keras_file_has_no_pickled_module(tmp_path, tiny_backbone):
         config_text = archive.read("config.json").decode("utf-8")
     module_entries = _find_module_entries(json.loads(config_text), [])
 
-    # Keras writes the Python module path of each class under "module"; a
+    # Keras writes the Python module path of each class under "module". A
     # pickled torch module would be a long base64 string there instead.
     not_paths = [entry for entry in module_entries if not re.fullmatch(r"[A-Za-z_][\w.]*", str(entry))]
     assert module_entries, "config.json has no 'module' entries at all; the check would be vacuous"

@@ -8,7 +8,7 @@ import pytest
 
 from faceage_keras.losses import FocalLoss
 
-# Logits [2, 0] for every row; the softmax probabilities are
+# Both rows have logits [2, 0], so the softmax probabilities are
 # p0 = e^2 / (e^2 + 1) = 0.8807971 and p1 = 1 / (e^2 + 1) = 0.1192029.
 LOGITS = np.array([[2.0, 0.0], [2.0, 0.0]], dtype="float32")
 LABELS = np.array([0, 1], dtype="int64")
@@ -94,7 +94,7 @@ def test_focal_loss_confident_correct_small():
 
     value = float(_per_sample(loss, labels=np.array([0]), logits=logits)[0])
 
-    # p = 1 - 2e-9, so (1 - p)^2 * -ln p is far below float32 resolution of the cross-entropy.
+    # p = 1 - 2.1e-9, so the exact loss (1 - p)^2 * -ln p is about 1e-26.
     assert value < 1e-12, f"loss of a confident correct prediction is {value}"
     assert np.isfinite(value), "loss of a confident correct prediction is not finite"
 
