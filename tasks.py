@@ -5,8 +5,16 @@ from invoke import Exit, task
 MODELS_HELP = "Which model to train: m1, m2, m3, m4 or m5 (default: the config's, else m1)."
 
 
-def _int_or_none(value):
-    return None if value is None else int(value)
+def _int_or_none(value, option):
+    """Parse an integer option; invoke passes options without a default as strings."""
+    from faceage_keras.config import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as error:
+        raise ConfigError(f"--{option} must be a whole number. Received: {value!r}") from error
 
 
 @task(
@@ -42,6 +50,7 @@ def train(
 ):
     """Train one of the models M1-M5 and evaluate it on its test split."""
     from faceage_keras.config import ConfigError, load_config
+    from faceage_keras.images import ImageReadError
     from faceage_keras.table import DataError
     from faceage_keras.training import train as run_training
 
@@ -51,13 +60,14 @@ def train(
             model=model,
             backbone=backbone,
             weights=weights,
-            image_size=_int_or_none(image_size),
-            epochs=_int_or_none(epochs),
-            batch_size=_int_or_none(batch_size),
-            limit=_int_or_none(limit),
-            workers=_int_or_none(workers),
+            image_size=_int_or_none(image_size, "image-size"),
+            epochs=_int_or_none(epochs, "epochs"),
+            batch_size=_int_or_none(batch_size, "batch-size"),
+            limit=_int_or_none(limit, "limit"),
+            workers=_int_or_none(workers, "workers"),
             skip_bad_rows=True if skip_bad_rows else None,
         )
         run_training(train_config, data=data, run_dir=run_dir)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as error:
+    except (ConfigError, DataError, ImageReadError, OSError) as error:
+        # Input, option and file problems: a message without a traceback.
         raise Exit(f"error: {error}", code=2) from error

@@ -27,6 +27,8 @@ class AugmentConfig:
     rotation_degrees: float = 10.0
 
     def __post_init__(self):
+        if len(self.crop_scale) != 2:
+            raise ValueError(f"`crop_scale` must be a pair (low, high). Received: crop_scale={self.crop_scale}")
         self.crop_scale = tuple(float(value) for value in self.crop_scale)
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:

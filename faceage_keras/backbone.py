@@ -21,6 +21,10 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 class TimmBackbone(keras.layers.Layer):
     """A `timm` model without its classifier, taking channels-last images.
 
+    Inputs are RGB images scaled to [-1, 1]. The layer maps them to the
+    normalisation the timm weights expect (the `mean` and `std` of the
+    model's `pretrained_cfg`; for EfficientNet-Lite0 that is [-1, 1] itself).
+
     The layer rebuilds the timm model from its name when a saved model is
     loaded, so `.keras` files hold only the name, the arguments and the
     weights, never a pickled module. When the layer is frozen
@@ -73,11 +77,15 @@ class TimmBackbone(keras.layers.Layer):
         self.image_size = int(image_size)
         self.model_kwargs = dict(model_kwargs or {})
 
-        module = timm.create_model(
-            model_name, pretrained=weights == "imagenet", num_classes=0, **self.model_kwargs
-        )
+        module = _create_module(model_name, weights, self.model_kwargs)
         _load_weights(module, model_name, weights)
-        self.num_features = _measure_num_features(module, self.image_size)
+        self.num_features = _measure_num_features(module, model_name, self.image_size)
+
+        # [-1, 1] -> [0, 1] -> (x - mean) / std, folded into one scale and shift.
+        mean = torch.tensor(module.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32)
+        std = torch.tensor(module.pretrained_cfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32)
+        self._input_scale = (0.5 / std).reshape(1, 3, 1, 1)
+        self._input_shift = ((0.5 - mean) / std).reshape(1, 3, 1, 1)
         # Keras wraps the module in a TorchModuleWrapper, which tracks its
         # parameters as Keras variables and saves its full state_dict,
         # BatchNorm statistics included.
@@ -92,7 +100,9 @@ class TimmBackbone(keras.layers.Layer):
         module = self.network.module
         module.train(bool(training) and self.trainable)
         channels_first = keras.ops.transpose(images, (0, 3, 1, 2))
-        return module(channels_first)
+        scale = self._input_scale.to(channels_first.device)
+        shift = self._input_shift.to(channels_first.device)
+        return module(channels_first * scale + shift)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_features)
@@ -111,13 +121,34 @@ class TimmBackbone(keras.layers.Layer):
         return config
 
 
-def _measure_num_features(module, image_size):
+def _create_module(model_name, weights, model_kwargs):
+    if weights != "imagenet":
+        return timm.create_model(model_name, pretrained=False, num_classes=0, **model_kwargs)
+    try:
+        return timm.create_model(model_name, pretrained=True, num_classes=0, **model_kwargs)
+    except Exception as error:
+        # Download failures surface as several exception types from
+        # huggingface_hub, urllib and requests.
+        raise OSError(
+            f"Downloading ImageNet weights for {model_name!r} through timm failed: {error}. "
+            f"Without internet, use weights={LITE0_PACKAGE_WEIGHTS!r} with {LITE0_MODEL_NAME!r}, "
+            f"or the path of a local checkpoint file."
+        ) from error
+
+
+def _measure_num_features(module, model_name, image_size):
     # NOTE: timm's `num_features` differs from the pooled output size for some
     # models (mobilenetv3: 576 vs 1024), so the size comes from a real pass.
     was_training = module.training
     module.eval()
-    with torch.no_grad():
-        features = module(torch.zeros(1, 3, image_size, image_size))
+    try:
+        with torch.no_grad():
+            features = module(torch.zeros(1, 3, image_size, image_size))
+    except (AssertionError, RuntimeError) as error:
+        raise ValueError(
+            f"timm model {model_name!r} cannot take {image_size} x {image_size} images: {error}. "
+            f"Use another image size, or pass the size the model needs in `model_kwargs` (e.g. img_size)."
+        ) from error
     module.train(was_training)
     if features.ndim != 2:
         raise ValueError(
@@ -129,7 +160,8 @@ def _measure_num_features(module, image_size):
 
 def _load_weights(module, model_name, weights):
     if weights == "none":
-        logger.info("Backbone %s: random initialisation.", model_name)
+        # Also the path of every loaded `.keras` file, which then restores its weights.
+        logger.debug("Backbone %s: random initialisation.", model_name)
     elif weights == "imagenet":
         logger.info("Backbone %s: ImageNet weights from timm's download.", model_name)
     elif weights == LITE0_PACKAGE_WEIGHTS:

@@ -2,6 +2,7 @@
 
 import logging
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -47,7 +48,11 @@ class ValidationMetrics(keras.callbacks.Callback):
         outputs = self.model.predict(self.dataset, verbose=0)
         logs = logs if logs is not None else {}
         logs["val_loss"] = self._loss(outputs)
-        for name, value in validation_scores(self.task, self.dataset.table, outputs).items():
+        # An age group without validation faces gives nan, which the log line shows.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+            scores = validation_scores(self.task, self.dataset.table, outputs)
+        for name, value in scores.items():
             logs[f"val_{name}"] = value
 
 

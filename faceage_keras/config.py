@@ -4,11 +4,12 @@ import dataclasses
 import json
 import pathlib
 import tomllib
+import typing
 
 import timm
 
 from faceage_keras.augment import AugmentConfig
-from faceage_keras.backbone import CHECKPOINT_SUFFIXES, NAMED_WEIGHTS
+from faceage_keras.backbone import CHECKPOINT_SUFFIXES, LITE0_MODEL_NAME, LITE0_PACKAGE_WEIGHTS, NAMED_WEIGHTS
 from faceage_keras.models import get_task
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -41,7 +42,8 @@ class TrainConfig:
         learning_rate: float. Initial learning rate.
         momentum: float. SGD momentum.
         weight_decay: float. AdamW decoupled weight decay.
-        clipnorm: float or None. Gradient-norm clip; None or 0 disables it.
+        global_clipnorm: float or None. Clip of the global gradient norm (as
+            `torch.nn.utils.clip_grad_norm_` does); 0 or None disables it.
         lr_step_epochs: int. Multiply the learning rate by `lr_step_factor`
             every this many epochs.
         lr_step_factor: float. Factor of each learning-rate step.
@@ -52,6 +54,8 @@ class TrainConfig:
         limit: int or None. Use only the first N faces after a seeded shuffle.
         skip_bad_rows: bool. Drop invalid metadata rows instead of failing.
         augment: AugmentConfig. Training augmentation.
+        model_kwargs: dict. Extra `timm.create_model` arguments, e.g.
+            `{img_size = 112}` for a ViT at 112 px.
     """
 
     model: str = "m1"
@@ -67,7 +71,7 @@ class TrainConfig:
     learning_rate: float = 5e-4
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    clipnorm: float | None = 5.0
+    global_clipnorm: float | None = 5.0
     lr_step_epochs: int = 3
     lr_step_factor: float = 0.2
     early_stopping_patience: int = 4
@@ -76,10 +80,12 @@ class TrainConfig:
     limit: int | None = None
     skip_bad_rows: bool = False
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        _check_types(self)
         if isinstance(self.augment, dict):
-            self.augment = _from_dict(AugmentConfig, self.augment, "augment")
+            self.augment = _from_dict(AugmentConfig, self.augment, "[augment]")
         self.model = get_task(self.model).name
         if not timm.is_model(self.backbone.split(".", 1)[0]):
             raise ValueError(f"`backbone` must be a timm model name. Received: backbone={self.backbone!r}")
@@ -90,13 +96,26 @@ class TrainConfig:
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
-        for name in ("epochs", "batch_size", "image_size", "lr_step_epochs", "workers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"`{name}` must be at least 1. Received: {name}={getattr(self, name)}")
-        if self.limit is not None and self.limit < 3:
-            raise ValueError(f"`limit` must be at least 3 faces (one per split). Received: limit={self.limit}")
-        if self.clipnorm == 0:
-            self.clipnorm = None
+        if self.weights == LITE0_PACKAGE_WEIGHTS and self.backbone != LITE0_MODEL_NAME:
+            raise ValueError(
+                f"weights={LITE0_PACKAGE_WEIGHTS!r} fits only backbone={LITE0_MODEL_NAME!r}. "
+                f"Received: backbone={self.backbone!r}"
+            )
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"`{name}` must be in [{low}, {high}]. Received: {name}={value}")
+        if not 0 < self.lr_step_factor <= 1:
+            raise ValueError(f"`lr_step_factor` must be in (0, 1]. Received: lr_step_factor={self.lr_step_factor}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={self.learning_rate}")
+        if self.global_clipnorm is not None and self.global_clipnorm < 0:
+            raise ValueError(
+                f"`global_clipnorm` must be positive, or 0 to disable clipping. "
+                f"Received: global_clipnorm={self.global_clipnorm}"
+            )
+        if self.global_clipnorm == 0:
+            self.global_clipnorm = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -104,6 +123,45 @@ class TrainConfig:
     def save(self, path):
         """Write the resolved config as JSON."""
         pathlib.Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# Inclusive bounds of numeric settings.
+_RANGES = (
+    ("image_size", 32, 4096),
+    ("epochs", 1, 100_000),
+    ("batch_size", 1, 100_000),
+    ("lr_step_epochs", 1, 100_000),
+    ("early_stopping_patience", 1, 100_000),
+    ("workers", 1, 256),
+    ("limit", 3, 10**9),
+    ("seed", 0, 2**32 - 1),
+    ("dropout", 0.0, 0.99),
+    ("momentum", 0.0, 0.999),
+    ("weight_decay", 0.0, 1.0),
+)
+
+
+def _check_types(config):
+    """Raise ValueError for a setting of the wrong type, e.g. `epochs = "4"` in TOML."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        allowed = [arg for arg in typing.get_args(field.type) if arg is not type(None)] or [field.type]
+        if value is None and len(allowed) < len(typing.get_args(field.type)):
+            continue
+        expected = allowed[0]
+        if expected is float:
+            valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif expected is int:
+            valid = isinstance(value, int) and not isinstance(value, bool)
+        elif expected in (bool, str, dict):
+            valid = isinstance(value, expected)
+        else:
+            continue
+        if not valid:
+            raise ValueError(
+                f"`{field.name}` must be of type {expected.__name__}. Received: {field.name}={value!r} "
+                f"of type {type(value).__name__}"
+            )
 
 
 def _from_dict(cls, values, where):
@@ -125,11 +183,14 @@ def load_config(path=None, **overrides):
         path = pathlib.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Config file not found: {path}")
-        if path.suffix == ".json":
-            values = json.loads(path.read_text())
-        else:
-            with path.open("rb") as file:
-                values = tomllib.load(file)
+        try:
+            if path.suffix == ".json":
+                values = json.loads(path.read_text())
+            else:
+                with path.open("rb") as file:
+                    values = tomllib.load(file)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"Cannot parse config file {path}: {error}") from error
     values.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return _from_dict(TrainConfig, values, str(path) if path else "the config")

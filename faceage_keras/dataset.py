@@ -34,13 +34,14 @@ class FaceDataset(keras.utils.PyDataset):
         batch_size: int. Faces per batch.
         training: bool. Augment and reshuffle every epoch.
         augment: `AugmentConfig` or None. Augmentation strengths when training.
-        seed: int. Seed of the shuffling and augmentation; batch `i` of epoch
-            `e` is the same for the same seed whatever the number of workers.
+        seed: int. Seed of the shuffling and augmentation. Each batch is
+            drawn from its own generator seeded with (seed, epoch, batch
+            index), so a run repeats exactly for the same seed and `workers`.
         **kwargs: `keras.utils.PyDataset` arguments (`workers`,
             `use_multiprocessing`, `max_queue_size`).
     """
 
-    def __init__(self, table, task, *, image_size, batch_size=64, training=False, augment=None, seed=0, **kwargs):
+    def __init__(self, table, task, *, image_size, batch_size=64, training=False, augment=None, seed=42, **kwargs):
         super().__init__(**kwargs)
         if len(table) == 0:
             raise ValueError("`table` is empty: a data set needs at least one face.")
@@ -67,7 +68,12 @@ class FaceDataset(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.table))
 
     def __len__(self):
-        return math.ceil(len(self.table) / self.batch_size)
+        # A training batch of one face breaks BatchNorm in train mode, so a
+        # last batch of one is left out; the next epoch's shuffle includes it.
+        num_batches = math.ceil(len(self.table) / self.batch_size)
+        if self.training and num_batches > 1 and len(self.table) % self.batch_size == 1:
+            num_batches -= 1
+        return num_batches
 
     def load_image(self, index, rng=None):
         """Return face `index` as a uint8 array, augmented when `rng` is given."""
@@ -94,5 +100,8 @@ class FaceDataset(keras.utils.PyDataset):
         return images, targets, sample_weight
 
     def on_epoch_end(self):
+        # NOTE: Keras calls this once more before training when `workers` is 1
+        # than when it is larger, so the augmentation of a run depends on
+        # `workers` (results repeat exactly for the same value).
         self.epoch += 1
         self._order = self._epoch_order()

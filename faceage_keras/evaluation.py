@@ -40,7 +40,8 @@ def decode_outputs(task, outputs):
         decoded["age_pred"] = labels.group_centre_ages(prob_group)
         decoded["age_pred_expected"] = labels.expected_ages(prob_group)
     else:
-        decoded["age_pred"] = np.asarray(outputs["age"], dtype="float32").reshape(-1)
+        # Predictions are clipped to the target range, like the true ages.
+        decoded["age_pred"] = labels.clip_age(np.asarray(outputs["age"], dtype="float32").reshape(-1))
         decoded["group_pred"] = labels.age_to_group(decoded["age_pred"])
 
     if task.predicts_gender:

@@ -34,25 +34,26 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_rgb(path):
-    """Read an image file as an RGB PIL image, raising `ImageReadError` with the reason."""
+def _decode(path, draft_size=None):
     try:
         with Image.open(path) as image:
+            if draft_size is not None:
+                image.draft("RGB", draft_size)
             image.load()
             return to_rgb(image)
     except FileNotFoundError as error:
         raise ImageReadError(f"Image not found: {path}") from error
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"Cannot decode image {path}: {error}") from error
+    except Exception as error:
+        # Malformed files make Pillow raise many exception types (OSError,
+        # SyntaxError, struct.error from EXIF parsing, ...), all of them "unreadable".
+        raise ImageReadError(f"Cannot decode image {path}: {type(error).__name__}: {error}") from error
+
+
+def load_rgb(path):
+    """Read an image file as an RGB PIL image, raising `ImageReadError` with the reason."""
+    return _decode(path)
 
 
 def check_readable(path):
-    """Raise `ImageReadError` unless `path` decodes, quickly (JPEGs at reduced scale)."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (64, 64))
-            image.load()
-    except FileNotFoundError as error:
-        raise ImageReadError(f"Image not found: {path}") from error
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"Cannot decode image {path}: {error}") from error
+    """Raise `ImageReadError` unless `path` decodes, EXIF included; JPEGs decode at reduced scale."""
+    _decode(path, draft_size=(64, 64))

@@ -218,7 +218,7 @@ class FaceAgeModel(keras.Model):
 
     The model is a functional graph with named outputs (see the module
     docstring). `compile()` without arguments uses the thesis defaults:
-    SGD (learning rate 1e-3, momentum 0.9, gradient-norm clip 5), the losses
+    SGD (learning rate 1e-3, momentum 0.9, global gradient-norm clip 5), the losses
     and loss weights of the task, and MAE and accuracy metrics.
 
     Args:
@@ -230,6 +230,7 @@ class FaceAgeModel(keras.Model):
         dropout: float. Dropout rate before the heads.
         age_bias: float. Initial bias of the age heads in years, so that
             training starts near a typical age instead of 0.
+        model_kwargs: dict or None. Extra `timm.create_model` arguments.
         **kwargs: Standard `keras.Model` arguments (`name`).
 
     Example:
@@ -247,6 +248,7 @@ class FaceAgeModel(keras.Model):
         freeze_backbone=False,
         dropout=0.0,
         age_bias=33.0,
+        model_kwargs=None,
         **kwargs,
     ):
         spec = get_task(task)
@@ -257,7 +259,7 @@ class FaceAgeModel(keras.Model):
 
         # Layers.
         feature_extractor = TimmBackbone(
-            backbone, weights=weights, image_size=image_size, name="backbone"
+            backbone, weights=weights, image_size=image_size, model_kwargs=model_kwargs, name="backbone"
         )
         feature_extractor.trainable = not freeze_backbone
         head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
@@ -284,6 +286,7 @@ class FaceAgeModel(keras.Model):
         self.freeze_backbone = bool(freeze_backbone)
         self.dropout = float(dropout)
         self.age_bias = float(age_bias)
+        self.model_kwargs = dict(model_kwargs or {})
 
     def compile(self, optimizer=None, loss=None, loss_weights=None, metrics=None, **kwargs):
         """Configure training; arguments left as None take the task's defaults."""
@@ -313,6 +316,7 @@ class FaceAgeModel(keras.Model):
             "freeze_backbone": self.freeze_backbone,
             "dropout": self.dropout,
             "age_bias": self.age_bias,
+            "model_kwargs": self.model_kwargs,
             "name": self.name,
         }
 
@@ -338,16 +342,16 @@ def build_model(name, backbone="tf_efficientnet_lite0", weights="none", image_si
     return FaceAgeModel(name, backbone=backbone, weights=weights, image_size=image_size, **kwargs)
 
 
-def default_compile_args(name, *, learning_rate=1e-3, momentum=0.9, clipnorm=5.0):
+def default_compile_args(name, *, learning_rate=1e-3, momentum=0.9, global_clipnorm=5.0):
     """Return the thesis' `compile` arguments for model `name` as a dict.
 
-    SGD with momentum and gradient-norm clipping, the task's losses and loss
+    SGD with momentum and global gradient-norm clipping, the task's losses and loss
     weights, MAE on age outputs and accuracy on class outputs.
     """
     task = get_task(name)
     return {
         "optimizer": keras.optimizers.SGD(
-            learning_rate=learning_rate, momentum=momentum, clipnorm=clipnorm
+            learning_rate=learning_rate, momentum=momentum, global_clipnorm=global_clipnorm
         ),
         "loss": {output_name: make_loss() for output_name, make_loss in task.losses.items()},
         "loss_weights": dict(task.loss_weights),

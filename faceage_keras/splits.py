@@ -60,7 +60,7 @@ def split_table(table, *, seed=42, holdout_fraction=0.2):
     rare = counts[counts < 2].index
     keep = ~np.isin(whole_ages, rare)
     if (~keep).any():
-        logger.info("Dropped %d faces whose age (in whole years) has fewer than 2 faces.", int((~keep).sum()))
+        logger.info("Dropped %d face(s) whose age in whole years has fewer than 2 faces.", int((~keep).sum()))
     table = table[keep].reset_index(drop=True)
     whole_ages = whole_ages[keep]
     if len(table) < 3:

@@ -8,9 +8,12 @@ A data folder contains `labels.csv` and `images/`. The CSV needs the columns
 `<19`, `19-29`, `30-39`, `40-59`, `60+`; without it, the group comes from the age.
 """
 
+import csv
 import dataclasses
 import logging
 import pathlib
+import unicodedata
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -34,6 +37,8 @@ _COLUMN_ALIASES = {
 }
 # Shown with an error that lists bad rows; the rest are counted.
 _MAX_ROWS_IN_MESSAGE = 10
+# Older ages are taken as typing errors.
+MAX_PLAUSIBLE_AGE = 130.0
 
 
 class DataError(ValueError):
@@ -71,11 +76,66 @@ def _normalize_columns(frame, csv_path):
     return frame
 
 
+def _read_csv(csv_path):
+    """Read the CSV as text columns, detecting the delimiter and the encoding."""
+    head = csv_path.read_bytes()[:4]
+    if not head.strip():
+        raise DataError(f"{csv_path} is empty. Expected a header line image_name,age,gender and one row per image.")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encodings = ["utf-16"]
+    else:
+        # Spreadsheet exports of older archives are often Windows-1252.
+        encodings = ["utf-8-sig", "cp1252"]
+
+    for encoding in encodings:
+        try:
+            # `sep=None` sniffs the delimiter, so tables saved with `;` or tabs
+            # also read. Blank lines are kept so that row numbers match the file.
+            # A row with more fields than the header makes pandas warn and drop
+            # data, so that warning is raised as an error.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(
+                    csv_path,
+                    sep=None,
+                    engine="python",
+                    dtype=str,
+                    encoding=encoding,
+                    keep_default_na=False,
+                    na_values=[""],
+                    skip_blank_lines=False,
+                    index_col=False,
+                )
+        except UnicodeDecodeError:
+            continue
+        except (csv.Error, pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError) as error:
+            raise DataError(f"{csv_path} is not a valid CSV file: {error}") from error
+        if encoding == "cp1252":
+            logger.warning("%s is not UTF-8; read it as Windows-1252 (cp1252).", csv_path)
+        return frame
+    raise DataError(f"{csv_path} is neither UTF-8 nor Windows-1252 text. Save it as UTF-8.")
+
+
+def _image_path(images_dir, image_name):
+    """Return the path of an image, matching either Unicode normal form of the name."""
+    path = images_dir / image_name
+    if path.is_file():
+        return path
+    for form in ("NFC", "NFD"):
+        variant = images_dir / unicodedata.normalize(form, image_name)
+        if variant.is_file():
+            return variant
+    return path
+
+
 def _check_row(row, images_dir, check_images):
     """Return (parsed values, None) or (None, reason)."""
     image_name = str(row.image_name).strip() if pd.notna(row.image_name) else ""
     if not image_name:
         return None, "image name is empty"
+    name_parts = pathlib.PurePath(image_name).parts
+    if pathlib.PurePath(image_name).is_absolute() or ".." in name_parts:
+        return None, f"image name {image_name!r} must be a path inside {IMAGES_DIR}/"
 
     raw_age = row.age
     if pd.isna(raw_age) or str(raw_age).strip() == "":
@@ -86,8 +146,12 @@ def _check_row(row, images_dir, check_images):
         return None, f"age {raw_age!r} is not a number"
     if not np.isfinite(age) or age < 0:
         return None, f"age {raw_age!r} is negative or not finite"
+    if age > MAX_PLAUSIBLE_AGE:
+        return None, f"age {raw_age!r} is above {MAX_PLAUSIBLE_AGE:.0f} years"
 
-    gender = parse_gender(row.gender) if pd.notna(row.gender) else None
+    if pd.isna(row.gender) or not str(row.gender).strip():
+        return None, "gender is missing"
+    gender = parse_gender(row.gender)
     if gender is None:
         return None, f"gender {row.gender!r} is not one of Male/Female, M/F, 0/1"
 
@@ -97,7 +161,7 @@ def _check_row(row, images_dir, check_images):
         if group is None:
             return None, f"group {row.group!r} is not 0-4 or one of <19, 19-29, 30-39, 40-59, 60+"
 
-    path = images_dir / image_name
+    path = _image_path(images_dir, image_name)
     if check_images:
         if not path.is_file():
             return None, f"image file {path} not found"
@@ -145,23 +209,28 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
     if not images_dir.is_dir():
         raise DataError(f"{images_dir} not found. A data folder needs {LABELS_FILE} and {IMAGES_DIR}/.")
 
-    # `sep=None` sniffs the delimiter, so tables saved with `;` also read;
-    # `utf-8-sig` drops the byte-order mark that spreadsheet programs write.
-    frame = pd.read_csv(csv_path, sep=None, engine="python", dtype=str, encoding="utf-8-sig", keep_default_na=False, na_values=[""])
-    frame = _normalize_columns(frame, csv_path)
+    frame = _normalize_columns(_read_csv(csv_path), csv_path)
 
     rows = list(frame.itertuples(index=False))
     order = np.arange(len(rows))
     if limit is not None:
         order = np.random.default_rng(seed).permutation(len(frame))
     records, bad_rows = [], []
+    first_line_of_image = {}
     for index in order:
         if limit is not None and len(records) >= limit:
             break
         row = rows[index]
         line = int(index) + 2
+        if all(pd.isna(value) for value in row):
+            continue
+
         values, reason = _check_row(row, images_dir, check_images)
+        if reason is None and values[0] in first_line_of_image:
+            # The same face in two splits would leak test faces into training.
+            reason = f"image is listed twice (also on line {first_line_of_image[values[0]]})"
         if reason is None:
+            first_line_of_image[values[0]] = line
             records.append(values + (line,))
         else:
             bad_rows.append(BadRow(line, "" if pd.isna(row.image_name) else str(row.image_name), reason))
@@ -188,10 +257,6 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
         logger.warning("%d rows have a group that differs from the group of their age; the given group is used.", disagree)
     table["group"] = np.where(given, table["group"].fillna(-1).astype(int), derived_groups).astype("int64")
     table["gender"] = table["gender"].astype("int64")
-
-    duplicates = int(table["image_name"].duplicated().sum())
-    if duplicates:
-        logger.warning("%d image names appear more than once in %s.", duplicates, csv_path)
     logger.info("Read %d faces from %s.", len(table), csv_path)
     return table, bad_rows
 

@@ -15,6 +15,7 @@ import timm
 import torch
 
 from faceage_keras import plots, synthetic
+from faceage_keras.config import ConfigError
 from faceage_keras.callbacks import EpochLogLine, SelectBestEpoch, ValidationMetrics
 from faceage_keras.dataset import FaceDataset
 from faceage_keras.evaluation import evaluate_predictions, predictions_frame
@@ -66,8 +67,8 @@ def _start_log_file(run_dir):
 def make_optimizer(config):
     """Return the Keras optimizer the config names."""
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, clipnorm=config.clipnorm)
-    return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay, clipnorm=config.clipnorm)
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, global_clipnorm=config.global_clipnorm)
+    return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay, global_clipnorm=config.global_clipnorm)
 
 
 def step_schedule(config):
@@ -142,9 +143,28 @@ def train(config, *, data=None, run_dir=None):
     log_file = _start_log_file(run_dir)
     try:
         return _train(config, data, run_dir)
+    except Exception as error:
+        logger.error("Run failed: %s: %s", type(error).__name__, error)
+        raise
     finally:
         logging.getLogger("faceage_keras").removeHandler(log_file)
         log_file.close()
+
+
+def _build_model(config):
+    try:
+        return build_model(
+            config.model,
+            backbone=config.backbone,
+            weights=config.weights,
+            image_size=config.image_size,
+            freeze_backbone=config.freeze_backbone,
+            dropout=config.dropout,
+            age_bias=config.age_bias,
+            model_kwargs=config.model_kwargs,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def _train(config, data, run_dir):
@@ -152,6 +172,18 @@ def _train(config, data, run_dir):
     keras.utils.set_random_seed(config.seed)
     data_dir, is_synthetic = resolve_data_dir(data)
     logger.info("Run %s: model %s, data %s.", run_dir, config.model, data_dir)
+
+    # Model first, so that a wrong backbone or weights setting fails before the data is read.
+    model = _build_model(config)
+    model.compile(optimizer=make_optimizer(config))
+    logger.info(
+        "%s (%s): %s backbone with weights %r, %s parameters.",
+        config.model,
+        model.task.description,
+        config.backbone,
+        config.weights,
+        f"{model.count_params():,}",
+    )
 
     # Data.
     splits = _load_splits(config, data_dir, run_dir)
@@ -163,19 +195,6 @@ def _train(config, data, run_dir):
     val_data = FaceDataset(splits["val"], config.model, **loader_options)
     test_data = FaceDataset(splits["test"], config.model, **loader_options)
 
-    # Model.
-    model = build_model(
-        config.model,
-        backbone=config.backbone,
-        weights=config.weights,
-        image_size=config.image_size,
-        freeze_backbone=config.freeze_backbone,
-        dropout=config.dropout,
-        age_bias=config.age_bias,
-    )
-    model.compile(optimizer=make_optimizer(config))
-    logger.info("%s (%s): %s parameters.", config.model, model.task.description, f"{model.count_params():,}")
-
     # Training. ValidationMetrics must run first: the others read its keys.
     callbacks = [
         ValidationMetrics(val_data),
@@ -184,7 +203,14 @@ def _train(config, data, run_dir):
         EpochLogLine(config.epochs),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
     ]
-    model.fit(train_data, epochs=config.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    # FaceDataset shuffles itself with the seed; Keras' own shuffle would use Python's global RNG.
+    model.fit(
+        train_data,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     train_seconds = time.monotonic() - started
 
     history = pd.read_csv(run_dir / "history.csv")

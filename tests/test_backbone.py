@@ -29,8 +29,12 @@ def _random_images(batch_size=BATCH_SIZE, size=IMAGE_SIZE, seed=0):
     return rng.uniform(-1.0, 1.0, size=(batch_size, size, size, 3)).astype("float32")
 
 
-def _to_channels_first(images):
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+def _timm_input(images, module):
+    """Channels-first images in the normalisation of the module's pretrained config."""
+    mean = torch.tensor(module.pretrained_cfg["mean"]).reshape(1, 3, 1, 1)
+    std = torch.tensor(module.pretrained_cfg["std"]).reshape(1, 3, 1, 1)
+    pixels01 = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() + 1.0) / 2.0
+    return (pixels01 - mean) / std
 
 
 def _batch_norms(module):
@@ -102,6 +106,25 @@ def test_output_shape_differs_from_timm_num_features():
 # Argument checks.
 
 
+def test_lite0_input_range_unchanged():
+    backbone = TimmBackbone("tf_efficientnet_lite0", weights="none", image_size=64)
+
+    # EfficientNet-Lite0 weights expect [-1, 1] (mean = std = 0.5), so no change.
+    assert np.allclose(backbone._input_scale.numpy(), 1.0), "scale for lite0 is not 1"
+    assert np.allclose(backbone._input_shift.numpy(), 0.0), "shift for lite0 is not 0"
+
+
+def test_imagenet_normalisation_of_inputs(tiny_backbone):
+    backbone = TimmBackbone(tiny_backbone, weights="none", image_size=32)
+    white = torch.ones(1, 3, 1, 1)
+
+    normalised = (white * backbone._input_scale + backbone._input_shift).reshape(3).numpy()
+
+    # White in [-1, 1] is 1.0; in ImageNet normalisation it is (1 - mean) / std.
+    expected = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    assert np.allclose(normalised, expected, atol=1e-5), f"white maps to {normalised}, expected {expected}"
+
+
 def test_invalid_weights_raises():
     with pytest.raises(ValueError, match="imagenet21k"):
         TimmBackbone("test_efficientnet", weights="imagenet21k", image_size=IMAGE_SIZE)
@@ -136,7 +159,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_backbone, suffix):
     backbone = TimmBackbone(tiny_backbone, weights=str(path), image_size=IMAGE_SIZE)
     loaded = keras.ops.convert_to_numpy(backbone(images, training=False))
     with torch.no_grad():
-        expected = source(_to_channels_first(images)).numpy()
+        expected = source(_timm_input(images, source)).numpy()
 
     # Keras feeds a transposed view, so float rounding may differ in the last bit.
     np.testing.assert_allclose(loaded, expected, rtol=1e-5, atol=1e-6, err_msg=f"outputs differ after loading {path.name}")
@@ -152,7 +175,7 @@ def test_checkpoint_with_classifier_loads(tmp_path, tiny_backbone):
     backbone = TimmBackbone(tiny_backbone, weights=str(path), image_size=IMAGE_SIZE)
     loaded = keras.ops.convert_to_numpy(backbone(images, training=False))
     with torch.no_grad():
-        expected = source.forward_head(source.forward_features(_to_channels_first(images)), pre_logits=True).numpy()
+        expected = source.forward_head(source.forward_features(_timm_input(images, source)), pre_logits=True).numpy()
 
     np.testing.assert_allclose(loaded, expected, rtol=1e-5, atol=1e-6, err_msg="features differ from the checkpoint's model")
 
@@ -221,7 +244,7 @@ def _median_bn_correlation(module, images):
     hooks = [layer.register_forward_pre_hook(record) for layer in _batch_norms(module)]
     try:
         with torch.no_grad():
-            module(_to_channels_first(images))
+            module(_timm_input(images, module))
     finally:
         for hook in hooks:
             hook.remove()

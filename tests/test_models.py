@@ -128,7 +128,7 @@ def test_model_default_compile_arguments(model_builder):
     assert isinstance(model.optimizer, keras.optimizers.SGD), f"optimizer is {type(model.optimizer).__name__}"
     assert optimizer_config["learning_rate"] == pytest.approx(1e-3), f"learning rate {optimizer_config['learning_rate']}"
     assert optimizer_config["momentum"] == pytest.approx(0.9), f"momentum {optimizer_config['momentum']}"
-    assert optimizer_config["clipnorm"] == pytest.approx(5.0), f"clipnorm {optimizer_config['clipnorm']}"
+    assert optimizer_config["global_clipnorm"] == pytest.approx(5.0), f"global_clipnorm {optimizer_config['global_clipnorm']}"
     assert isinstance(model.loss["gender"], FocalLoss), f"gender loss is {type(model.loss['gender']).__name__}"
 
 

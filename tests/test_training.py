@@ -107,6 +107,7 @@ def test_pretrained_m2_beats_mean_on_real_faces(utkface_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_splits_are_reused_for_same_seed(utkface_dir, tmp_path):
     config = _tiny_config("m2", epochs=1, limit=120)
     first = train(config, data=utkface_dir, run_dir=tmp_path / "a")
@@ -143,7 +144,7 @@ def test_thesis_recipe_values():
     assert (config.optimizer, config.learning_rate, config.momentum) == ("sgd", 1e-3, 0.9), "thesis optimizer"
     assert (config.lr_step_epochs, config.lr_step_factor) == (20, 0.2), "thesis learning-rate steps"
     assert (config.epochs, config.early_stopping_patience) == (100, 30), "thesis epochs and patience"
-    assert config.clipnorm == 5.0, "thesis gradient clip"
+    assert config.global_clipnorm == 5.0, "thesis gradient clip"
 
 
 def test_load_config_rejects_unknown_key(tmp_path):
