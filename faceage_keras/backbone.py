@@ -146,7 +146,7 @@ def _measure_num_features(module, model_name, image_size):
             features = module(torch.zeros(1, 3, image_size, image_size))
     except (AssertionError, RuntimeError) as error:
         raise ValueError(
-            f"timm model {model_name!r} cannot take {image_size} x {image_size} images: {error}. "
+            f"timm model {model_name!r} cannot take {image_size} x {image_size} images: {str(error).rstrip('.')}. "
             f"Use another image size, or pass the size the model needs in `model_kwargs` (e.g. img_size)."
         ) from error
     module.train(was_training)

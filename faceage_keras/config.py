@@ -87,6 +87,7 @@ class TrainConfig:
         if isinstance(self.augment, dict):
             self.augment = _from_dict(AugmentConfig, self.augment, "[augment]")
         self.model = get_task(self.model).name
+
         if not timm.is_model(self.backbone.split(".", 1)[0]):
             raise ValueError(f"`backbone` must be a timm model name. Received: backbone={self.backbone!r}")
         if self.weights not in NAMED_WEIGHTS and not str(self.weights).endswith(CHECKPOINT_SUFFIXES):
@@ -96,11 +97,13 @@ class TrainConfig:
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
+
         if self.weights == LITE0_PACKAGE_WEIGHTS and self.backbone != LITE0_MODEL_NAME:
             raise ValueError(
                 f"weights={LITE0_PACKAGE_WEIGHTS!r} fits only backbone={LITE0_MODEL_NAME!r}. "
                 f"Received: backbone={self.backbone!r}"
             )
+
         for name, low, high in _RANGES:
             value = getattr(self, name)
             if value is not None and not low <= value <= high:

@@ -1,9 +1,9 @@
 """Reading and validating a face data set: a metadata CSV and an image folder.
 
 A data folder contains `labels.csv` and `images/`. The CSV needs the columns
-`image_name`, `age` and `gender` (or the archive spelling `ImageName`, `Age`,
-`Gender`; header names are compared case-insensitively) and may have a
-`group` column. Gender is written `Male`/`Female`, `M`/`F` or `0`/`1`
+`image_name`, `age` and `gender`, or the archive spelling `ImageName`, `Age`,
+`Gender`. Header names are compared case-insensitively, and a `group` column
+is optional. Gender is written `Male`/`Female`, `M`/`F` or `0`/`1`
 (0 = male), in any letter case. `group` holds an index 0-4 or a label
 `<19`, `19-29`, `30-39`, `40-59`, `60+`; without it, the group comes from the age.
 """
