@@ -27,14 +27,22 @@ class AugmentConfig:
     rotation_degrees: float = 10.0
 
     def __post_init__(self):
-        if len(self.crop_scale) != 2:
-            raise ValueError(f"`crop_scale` must be a pair (low, high). Received: crop_scale={self.crop_scale}")
-        self.crop_scale = tuple(float(value) for value in self.crop_scale)
-        low, high = self.crop_scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"`crop_scale` must satisfy 0 < low <= high <= 1. Received: crop_scale={self.crop_scale}")
-        if not 0 <= self.flip_probability <= 1:
-            raise ValueError(f"`flip_probability` must be in [0, 1]. Received: {self.flip_probability}")
+        crop_scale = self.crop_scale
+        if isinstance(crop_scale, str) or not hasattr(crop_scale, "__len__") or len(crop_scale) != 2:
+            raise ValueError(f"`crop_scale` must be a pair (low, high). Received: crop_scale={crop_scale!r}")
+        _check_number("crop_scale", crop_scale[0], 1e-6, 1.0)
+        _check_number("crop_scale", crop_scale[1], crop_scale[0], 1.0)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+
+        _check_number("flip_probability", self.flip_probability, 0.0, 1.0)
+        for name in ("brightness", "contrast", "saturation"):
+            _check_number(name, getattr(self, name), 0.0, 1.0)
+        _check_number("rotation_degrees", self.rotation_degrees, 0.0, 180.0)
+
+
+def _check_number(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"`{name}` must be a number in [{low}, {high}]. Received: {name}={value!r}")
 
 
 def augment_face(image, size, config, rng):

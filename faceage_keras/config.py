@@ -11,6 +11,7 @@ import timm
 from faceage_keras.augment import AugmentConfig
 from faceage_keras.backbone import CHECKPOINT_SUFFIXES, LITE0_MODEL_NAME, LITE0_PACKAGE_WEIGHTS, NAMED_WEIGHTS
 from faceage_keras.models import get_task
+from faceage_keras.splits import MIN_FACES
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -86,6 +87,8 @@ class TrainConfig:
         _check_types(self)
         if isinstance(self.augment, dict):
             self.augment = _from_dict(AugmentConfig, self.augment, "[augment]")
+        if not isinstance(self.augment, AugmentConfig):
+            raise ValueError(f"`augment` must be a table of augmentation settings. Received: augment={self.augment!r}")
         self.model = get_task(self.model).name
 
         if not timm.is_model(self.backbone.split(".", 1)[0]):
@@ -132,11 +135,12 @@ class TrainConfig:
 _RANGES = (
     ("image_size", 32, 4096),
     ("epochs", 1, 100_000),
-    ("batch_size", 1, 100_000),
+    # A training batch of one face breaks BatchNorm in train mode.
+    ("batch_size", 2, 100_000),
     ("lr_step_epochs", 1, 100_000),
     ("early_stopping_patience", 1, 100_000),
     ("workers", 1, 256),
-    ("limit", 3, 10**9),
+    ("limit", MIN_FACES, 10**9),
     ("seed", 0, 2**32 - 1),
     ("dropout", 0.0, 0.99),
     ("momentum", 0.0, 0.999),

@@ -13,9 +13,7 @@ from faceage_keras.models import get_task
 
 def normalize(pixels):
     """Map uint8 RGB pixels to float32 in [-1, 1]."""
-    # NOTE: [-1, 1] is the input range of the EfficientNet-Lite0 weights. Most
-    # other timm ImageNet weights, ConvNeXtV2 among them, were trained with
-    # per-channel mean and std instead; fine-tuning adapts to the shift.
+    # The backbone layer maps [-1, 1] to the mean and std its weights expect.
     return np.asarray(pixels, dtype="float32") / 127.5 - 1.0
 
 

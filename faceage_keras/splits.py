@@ -17,6 +17,8 @@ from faceage_keras.table import DataError
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
+# With 20% held out, 6 faces are the fewest that leave one validation and one test face.
+MIN_FACES = 6
 SPLITS_DIR = "splits"
 _SPLIT_COLUMNS = ["image_name", "age", "gender", "group"]
 
@@ -63,8 +65,12 @@ def split_table(table, *, seed=42, holdout_fraction=0.2):
         logger.info("Dropped %d face(s) whose age in whole years has fewer than 2 faces.", int((~keep).sum()))
     table = table[keep].reset_index(drop=True)
     whole_ages = whole_ages[keep]
-    if len(table) < 3:
-        raise DataError(f"Need at least 3 faces to make train, validation and test splits; got {len(table)}.")
+    num_holdout = int(np.ceil(holdout_fraction * len(table)))
+    if num_holdout < 2 or len(table) - num_holdout < 1:
+        raise DataError(
+            f"Need at least {MIN_FACES} faces (after dropping rare ages) to make train, validation and test "
+            f"splits; got {len(table)}."
+        )
 
     train, holdout = _stratified_split(
         table, holdout_fraction, whole_ages, table["group"].to_numpy(), seed, "train/holdout split"

@@ -117,7 +117,11 @@ def _read_csv(csv_path):
 
 
 def _image_path(images_dir, image_name):
-    """Return the path of an image, matching either Unicode normal form of the name."""
+    """Return the path of an image, matching either Unicode normal form of the name.
+
+    Raises:
+        OSError: the name is not a valid file name here (e.g. too long).
+    """
     path = images_dir / image_name
     if path.is_file():
         return path
@@ -126,6 +130,11 @@ def _image_path(images_dir, image_name):
         if variant.is_file():
             return variant
     return path
+
+
+def _file_key(path):
+    """Return one key per file, whatever the spelling of its name (`./a.jpg`, `a.jpg`, NFC or NFD)."""
+    return unicodedata.normalize("NFC", str(path.resolve()))
 
 
 def _check_row(row, images_dir, check_images):
@@ -161,7 +170,10 @@ def _check_row(row, images_dir, check_images):
         if group is None:
             return None, f"group {row.group!r} is not 0-4 or one of <19, 19-29, 30-39, 40-59, 60+"
 
-    path = _image_path(images_dir, image_name)
+    try:
+        path = _image_path(images_dir, image_name)
+    except OSError as error:
+        return None, f"image name is not a valid file name here: {error.strerror or error}"
     if check_images:
         if not path.is_file():
             return None, f"image file {path} not found"
@@ -169,7 +181,7 @@ def _check_row(row, images_dir, check_images):
             check_readable(path)
         except ImageReadError as error:
             return None, str(error)
-    return (image_name, str(path), age, gender, group), None
+    return (image_name, str(path), age, gender, group, _file_key(path)), None
 
 
 def _format_bad_rows(bad_rows):
@@ -222,16 +234,16 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
             break
         row = rows[index]
         line = int(index) + 2
-        if all(pd.isna(value) for value in row):
+        if all(pd.isna(value) or not str(value).strip() for value in row):
             continue
 
         values, reason = _check_row(row, images_dir, check_images)
-        if reason is None and values[0] in first_line_of_image:
+        if reason is None and values[-1] in first_line_of_image:
             # The same face in two splits would leak test faces into training.
-            reason = f"image is listed twice (also on line {first_line_of_image[values[0]]})"
+            reason = f"image is listed twice (also on line {first_line_of_image[values[-1]]})"
         if reason is None:
-            first_line_of_image[values[0]] = line
-            records.append(values + (line,))
+            first_line_of_image[values[-1]] = line
+            records.append(values[:-1] + (line,))
         else:
             bad_rows.append(BadRow(line, "" if pd.isna(row.image_name) else str(row.image_name), reason))
 

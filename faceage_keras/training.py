@@ -85,7 +85,8 @@ def _new_run_dir(model_name, run_dir):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = pathlib.Path("runs") / f"{model_name}-{stamp}"
     run_dir = pathlib.Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # A folder left by a run that failed before writing results holds only its log.
+    if run_dir.exists() and {path.name for path in run_dir.iterdir()} - {"train.log"}:
         raise FileExistsError(f"Run folder {run_dir} exists and is not empty; choose another --run-dir.")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

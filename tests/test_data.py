@@ -539,7 +539,7 @@ def test_split_table_tiny_falls_back(caplog):
 
 
 def test_split_table_too_few_raises():
-    with pytest.raises(DataError, match="at least 3 faces"):
+    with pytest.raises(DataError, match="at least 6 faces"):
         split_table(_face_table([20.0, 20.5]))
     # Three distinct ages: each has one face, so all are dropped.
     with pytest.raises(DataError, match="got 0"):

@@ -12,6 +12,7 @@ from faceage_keras import images as images_module
 from faceage_keras.config import ConfigError, TrainConfig, load_config
 from faceage_keras.dataset import FaceDataset
 from faceage_keras.images import ImageReadError, load_rgb
+from faceage_keras.splits import split_table
 from faceage_keras.table import DataError, read_labels
 from faceage_keras.training import train
 
@@ -196,3 +197,77 @@ def test_train_repeats_with_threaded_workers(small_face_folder, tmp_path):
     np.testing.assert_allclose(
         histories[0]["loss"], histories[1]["loss"], rtol=1e-5, err_msg="two runs with the same seed differ"
     )
+
+
+def test_duplicate_spellings_of_one_file(tmp_path):
+    nfc_name = unicodedata.normalize("NFC", "Müller.jpg")
+    nfd_name = unicodedata.normalize("NFD", "Müller.jpg")
+    rows = f"image_name,age,gender\n{nfc_name},30,Male\n./{nfc_name},30,Male\n{nfd_name},30,Male\nb.jpg,40,Female\n"
+    folder = _data_folder(tmp_path, rows.encode(), image_names=[nfc_name, "b.jpg"])
+
+    table, bad_rows = read_labels(folder, skip_bad_rows=True)
+
+    assert len(table) == 2, f"the same file was kept under several spellings: {list(table['image_name'])}"
+    assert [row.line for row in bad_rows] == [3, 4], f"bad rows are {bad_rows}"
+
+
+def test_too_long_file_name_is_bad_row(tmp_path):
+    long_name = "a" * 300 + ".jpg"
+    folder = _data_folder(tmp_path, f"image_name,age,gender\n{long_name},30,Male\nb.jpg,40,Female\n".encode())
+
+    _, bad_rows = read_labels(folder, skip_bad_rows=True)
+
+    assert [row.line for row in bad_rows] == [2], f"bad rows are {bad_rows}"
+    assert "not a valid file name" in bad_rows[0].reason, f"reason is {bad_rows[0].reason!r}"
+
+
+def test_whitespace_line_is_blank(tmp_path):
+    folder = _data_folder(tmp_path, b"image_name,age,gender\na.jpg,30,Male\n   \nb.jpg,40,Female\n")
+
+    table, bad_rows = read_labels(folder)
+
+    assert len(table) == 2, "a line of spaces changed the number of faces"
+    assert bad_rows == [], "a line of spaces was reported as a bad row"
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ({"brightness": "strong"}, "brightness"),
+        ({"brightness": 3.0}, "brightness"),
+        ({"rotation_degrees": -30.0}, "rotation_degrees"),
+        ({"crop_scale": "ab"}, "crop_scale"),
+        ({"crop_scale": [0.9, 0.5]}, "crop_scale"),
+        (3, "augment"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_invalid_augment_raises_config_error(augment, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, augment=augment)
+
+
+def test_batch_size_one_raises_config_error():
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(None, batch_size=1)
+
+
+def test_too_few_faces_raises_data_error():
+    table = pd.DataFrame(
+        {"image_name": [f"{index}.jpg" for index in range(5)], "age": [30.0] * 5, "gender": [0] * 5, "group": [2] * 5}
+    )
+
+    # 20% of five faces is one face, which cannot be both validation and test.
+    with pytest.raises(DataError, match="at least 6 faces"):
+        split_table(table)
+
+
+def test_run_dir_with_only_failed_log_is_reused(small_face_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("an earlier run failed here\n")
+    config = TrainConfig(model="m4", backbone="test_efficientnet", weights="none", image_size=32, epochs=1, batch_size=8)
+
+    train(config, data=small_face_folder, run_dir=run_dir)
+
+    assert (run_dir / "metrics.json").is_file(), "the run did not complete in the reused folder"
