@@ -22,8 +22,8 @@ class TimmBackbone(keras.layers.Layer):
     """A `timm` model without its classifier, taking channels-last images.
 
     Inputs are RGB images scaled to [-1, 1]. The layer maps them to the
-    normalisation the timm weights expect (the `mean` and `std` of the
-    model's `pretrained_cfg`; for EfficientNet-Lite0 that is [-1, 1] itself).
+    normalisation that the timm weights expect, given by the `mean` and `std`
+    of the model's `pretrained_cfg`. For EfficientNet-Lite0 that is [-1, 1].
 
     The layer rebuilds the timm model from its name when a saved model is
     loaded, so `.keras` files hold only the name, the arguments and the

@@ -27,10 +27,10 @@ def decode_outputs(task, outputs):
         outputs: dict of arrays as returned by `model.predict`.
 
     Returns:
-        A dict of 1-D arrays: `age_pred` (years; for group models the centre
-        of the most probable group), `group_pred`, and where the model has
-        the heads, `age_pred_expected` and `prob_group` (n, 5) for group
-        models, `gender_pred` and `prob_female` for gender models.
+        A dict of arrays. Every model gives `age_pred` in years and
+        `group_pred`. For group models, `age_pred` is the centre of the most
+        probable group, and `age_pred_expected` and `prob_group` (n, 5) are
+        added. Gender models add `gender_pred` and `prob_female`.
     """
     decoded = {}
     if task.predicts_age_group:
