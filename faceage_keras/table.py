@@ -233,6 +233,8 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
         if limit is not None and len(records) >= limit:
             break
         row = rows[index]
+        # NOTE: assumes one file line per row. A quoted field with a line
+        # break shifts the numbers of all later rows.
         line = int(index) + 2
         if all(pd.isna(value) or not str(value).strip() for value in row):
             continue
