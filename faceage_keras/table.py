@@ -4,8 +4,8 @@ A data folder contains `labels.csv` and `images/`. The CSV needs the columns
 `image_name`, `age` and `gender`, or the archive spelling `ImageName`, `Age`,
 `Gender`. Header names are compared case-insensitively, and a `group` column
 is optional. Gender is written `Male`/`Female`, `M`/`F` or `0`/`1`
-(0 = male), in any letter case. `group` holds an index 0-4 or a label
-`<19`, `19-29`, `30-39`, `40-59`, `60+`; without it, the group comes from the age.
+(0 = male), in any letter case. `group` contains an index 0-4 or a label
+`<19`, `19-29`, `30-39`, `40-59`, `60+`. Without it, the group comes from the age.
 """
 
 import csv
@@ -207,7 +207,7 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
         A tuple `(table, bad_rows)`. `table` is a DataFrame with columns
         `image_name`, `path`, `age` (as written), `age_clipped` (0-75),
         `gender` (0 male, 1 female), `group` (0-4) and `line` (CSV line
-        number); `bad_rows` is the list of dropped `BadRow`s.
+        number). `bad_rows` is the list of dropped `BadRow`s.
 
     Raises:
         DataError: the folder or CSV is malformed, a row is invalid and
