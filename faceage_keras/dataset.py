@@ -67,7 +67,7 @@ class FaceDataset(keras.utils.PyDataset):
 
     def __len__(self):
         # A training batch of one face breaks BatchNorm in train mode, so a
-        # last batch of one is left out; the next epoch's shuffle includes it.
+        # last batch of one is left out. The next epoch's shuffle includes it.
         num_batches = math.ceil(len(self.table) / self.batch_size)
         if self.training and num_batches > 1 and len(self.table) % self.batch_size == 1:
             num_batches -= 1

@@ -101,10 +101,11 @@ def _json_safe(value):
     return value
 
 
-def evaluate_predictions(frame, model_name, out_dir, *, title_prefix=""):
+def evaluate_predictions(frame, model_name, out_dir, *, title_prefix="", extra_metrics=None):
     """Write `test_predictions.csv`, `metrics.json`, `test_scatter.png` and `residuals.png`.
 
-    Undefined metrics (nan) are written as JSON null.
+    Undefined metrics (nan) are written as JSON null. `extra_metrics` (a dict,
+    e.g. the best epoch) is added to `metrics.json` and to the returned dict.
 
     Returns:
         The metrics dict.
@@ -114,6 +115,7 @@ def evaluate_predictions(frame, model_name, out_dir, *, title_prefix=""):
     frame.to_csv(out_dir / "test_predictions.csv", index=False)
 
     summary = metrics.summarize_predictions(frame, model_name=model_name)
+    summary.update(extra_metrics or {})
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
 
     title = f"{title_prefix}{model_name}: test set ({len(frame)} faces)"

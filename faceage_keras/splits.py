@@ -23,7 +23,7 @@ SPLITS_DIR = "splits"
 _SPLIT_COLUMNS = ["image_name", "age", "gender", "group"]
 
 
-def _stratified_split(table, test_size, strata, fallback_strata, seed, what):
+def _stratified_split(table, test_size, strata, fallback_strata, seed, split_name):
     """Split with stratification, falling back when the strata are too small."""
     for labels, name in ((strata, "age"), (fallback_strata, "age group")):
         counts = pd.Series(labels).value_counts()
@@ -32,13 +32,13 @@ def _stratified_split(table, test_size, strata, fallback_strata, seed, what):
             if labels is not strata:
                 logger.warning(
                     "%s: too few faces to stratify on %d distinct ages; stratified on age group instead.",
-                    what,
+                    split_name,
                     pd.Series(strata).nunique(),
                 )
             return train_test_split(table, test_size=test_size, stratify=labels, random_state=seed)
         if labels is fallback_strata:
             break
-    logger.warning("%s: too few faces per age group to stratify; split at random.", what)
+    logger.warning("%s: too few faces per age group to stratify; split at random.", split_name)
     return train_test_split(table, test_size=test_size, random_state=seed)
 
 

@@ -265,11 +265,11 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
     table = pd.DataFrame.from_records(records, columns=["image_name", "path", "age", "gender", "group", "line"])
     table["age_clipped"] = clip_age(table["age"].to_numpy())
     derived_groups = age_to_group(table["age"].to_numpy())
-    given = table["group"].notna()
-    disagree = int((table.loc[given, "group"].astype(int) != derived_groups[given.to_numpy()]).sum())
+    has_group = table["group"].notna()
+    disagree = int((table.loc[has_group, "group"].astype(int) != derived_groups[has_group.to_numpy()]).sum())
     if disagree:
         logger.warning("%d rows have a group that differs from the group of their age; the given group is used.", disagree)
-    table["group"] = np.where(given, table["group"].fillna(-1).astype(int), derived_groups).astype("int64")
+    table["group"] = np.where(has_group, table["group"].fillna(-1).astype(int), derived_groups).astype("int64")
     table["gender"] = table["gender"].astype("int64")
     logger.info("Read %d faces from %s.", len(table), csv_path)
     return table, bad_rows

@@ -196,11 +196,12 @@ def _train(config, data, run_dir):
     val_data = FaceDataset(splits["val"], config.model, **loader_options)
     test_data = FaceDataset(splits["test"], config.model, **loader_options)
 
-    # Training. ValidationMetrics must run first: the others read its keys.
+    # Training. ValidationMetrics must run first because the others read its keys.
+    select_best = SelectBestEpoch(model.task, run_dir / BEST_MODEL_FILE, config.early_stopping_patience)
     callbacks = [
         ValidationMetrics(val_data),
         keras.callbacks.LearningRateScheduler(step_schedule(config)),
-        SelectBestEpoch(model.task, run_dir / BEST_MODEL_FILE, config.early_stopping_patience),
+        select_best,
         EpochLogLine(config.epochs),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
     ]
@@ -222,16 +223,14 @@ def _train(config, data, run_dir):
     best_model = keras.models.load_model(run_dir / BEST_MODEL_FILE)
     outputs = best_model.predict(test_data, verbose=0)
     frame = predictions_frame(model.task, test_data.table, outputs)
-    summary = evaluate_predictions(frame, config.model, run_dir)
-    summary_extra = {"best_epoch": callbacks[2].best_epoch + 1, "train_seconds": round(train_seconds, 1)}
-    metrics_path = run_dir / "metrics.json"
-    metrics_path.write_text(json.dumps({**json.loads(metrics_path.read_text()), **summary_extra}, indent=2) + "\n")
+    run_metrics = {"best_epoch": select_best.best_epoch + 1, "train_seconds": round(train_seconds, 1)}
+    summary = evaluate_predictions(frame, config.model, run_dir, extra_metrics=run_metrics)
 
     logger.info(
-        "Done in %.0f s. Test MAE %.2f years; best epoch %d. Run folder: %s",
+        "Done in %.0f s. Test MAE %.2f years, best epoch %d. Run folder: %s",
         time.monotonic() - started,
         summary["mae"],
-        summary_extra["best_epoch"],
+        summary["best_epoch"],
         run_dir,
     )
     return run_dir
