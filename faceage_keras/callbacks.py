@@ -77,13 +77,17 @@ class SelectBestEpoch(keras.callbacks.Callback):
         task: `TaskSpec` whose `selection_score` ranks epochs.
         path: path of the `.keras` file to write.
         patience: int. Epochs without a better score before training stops.
+        model_to_save: keras.Model or None. The model to write; None writes
+            the model being trained. A head-only model trained on cached
+            features passes the full model that shares its layers.
     """
 
-    def __init__(self, task, path, patience):
+    def __init__(self, task, path, patience, model_to_save=None):
         super().__init__()
         self.task = task
         self.path = str(path)
         self.patience = int(patience)
+        self.model_to_save = model_to_save
         self.best_score = None
         self.best_epoch = None
 
@@ -91,7 +95,7 @@ class SelectBestEpoch(keras.callbacks.Callback):
         score = selection_score(self.task, logs or {})
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
-            self.model.save(self.path)
+            (self.model_to_save or self.model).save(self.path)
             logger.info("Epoch %d is the best so far; saved %s.", epoch + 1, self.path)
         elif epoch - self.best_epoch >= self.patience:
             logger.info("No improvement for %d epochs: stopping early.", self.patience)

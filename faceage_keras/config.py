@@ -10,6 +10,7 @@ import timm
 
 from faceage_keras.augment import AugmentConfig
 from faceage_keras.backbone import CHECKPOINT_SUFFIXES, LITE0_MODEL_NAME, LITE0_PACKAGE_WEIGHTS, NAMED_WEIGHTS
+from faceage_keras.balance import BALANCE_METHODS
 from faceage_keras.models import get_task
 from faceage_keras.splits import MIN_FACES
 
@@ -35,6 +36,13 @@ class TrainConfig:
             `efficientnet-lite0-package` or a checkpoint path.
         image_size: int. Side of the square input in pixels.
         freeze_backbone: bool. Train only the heads.
+        cache_features: bool. With a frozen backbone, compute the backbone
+            features once, cache them on disk and train the heads from the
+            cache (see `faceage_keras.feature_cache`).
+        cache_views: int. Augmented views cached per training face; 0 caches
+            the plain resized faces (no training augmentation).
+        balance: str. `none`, `oversample` or `reweight` over age groups
+            and genders (see `faceage_keras.balance`).
         dropout: float. Dropout rate before the heads.
         age_bias: float. Initial bias of age heads, in years.
         epochs: int. Maximum number of epochs.
@@ -64,6 +72,9 @@ class TrainConfig:
     weights: str = "efficientnet-lite0-package"
     image_size: int = 112
     freeze_backbone: bool = False
+    cache_features: bool = False
+    cache_views: int = 0
+    balance: str = "none"
     dropout: float = 0.0
     age_bias: float = 33.0
     epochs: int = 4
@@ -97,6 +108,13 @@ class TrainConfig:
             raise ValueError(
                 f"`weights` must be one of {NAMED_WEIGHTS} or a checkpoint path ending in "
                 f"{CHECKPOINT_SUFFIXES}. Received: weights={self.weights!r}"
+            )
+        if self.balance not in BALANCE_METHODS:
+            raise ValueError(f"`balance` must be one of {BALANCE_METHODS}. Received: balance={self.balance!r}")
+        if self.cache_features and not self.freeze_backbone:
+            raise ValueError(
+                "`cache_features = true` needs `freeze_backbone = true`: features of a backbone "
+                "that trains change every step."
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
@@ -140,6 +158,7 @@ _RANGES = (
     ("lr_step_epochs", 1, 100_000),
     ("early_stopping_patience", 1, 100_000),
     ("workers", 1, 256),
+    ("cache_views", 0, 1000),
     ("limit", MIN_FACES, 10**9),
     ("seed", 0, 2**32 - 1),
     ("dropout", 0.0, 0.99),

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from faceage_keras.augment import AugmentConfig, augment_face
+from faceage_keras.balance import check_balance, inverse_frequency_weights, oversampled_order
 from faceage_keras.images import load_rgb
 from faceage_keras.models import get_task
 
@@ -21,8 +22,9 @@ class FaceDataset(keras.utils.PyDataset):
     """Batches of normalised face images with the targets a model needs.
 
     Each batch is `(images, targets)`, or `(images, targets, sample_weight)`
-    for the cascade model m5. Images are float32 `(batch, size, size, 3)` in
-    [-1, 1]; targets are a dict keyed by the model's output names.
+    for the cascade model m5 and for `balance="reweight"`. Images are float32
+    `(batch, size, size, 3)` in [-1, 1]. Targets are a dict keyed by the
+    model's output names.
 
     Args:
         table: DataFrame with `path`, `age_clipped`, `gender` and `group`
@@ -35,11 +37,31 @@ class FaceDataset(keras.utils.PyDataset):
         seed: int. Seed of the shuffling and augmentation. Each batch is
             drawn from its own generator seeded with (seed, epoch, batch
             index), so a run repeats exactly for the same seed and `workers`.
+        balance: str. `"none"`, `"oversample"` or `"reweight"` over the
+            age-group x gender cells (see `faceage_keras.balance`). Only
+            applies when `training` is True.
+        transform: callable or None. `transform(pixels, index)` maps a
+            face's resized uint8 pixels to new uint8 pixels of the same
+            shape, after any augmentation; evaluation uses it to render the
+            test faces differently, e.g. with a historical-photo look.
         **kwargs: `keras.utils.PyDataset` arguments (`workers`,
             `use_multiprocessing`, `max_queue_size`).
     """
 
-    def __init__(self, table, task, *, image_size, batch_size=64, training=False, augment=None, seed=42, **kwargs):
+    def __init__(
+        self,
+        table,
+        task,
+        *,
+        image_size,
+        batch_size=64,
+        training=False,
+        augment=None,
+        seed=42,
+        balance="none",
+        transform=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if len(table) == 0:
             raise ValueError("`table` is empty: a data set needs at least one face.")
@@ -52,18 +74,26 @@ class FaceDataset(keras.utils.PyDataset):
         self.training = bool(training)
         self.augment = augment or AugmentConfig()
         self.seed = int(seed)
+        self.balance = check_balance(balance) if self.training else "none"
+        self.transform = transform
         self.epoch = 0
 
         self._paths = self.table["path"].to_numpy()
         self._ages = self.table["age_clipped"].to_numpy(dtype="float32")
         self._genders = self.table["gender"].to_numpy(dtype="int64")
         self._groups = self.table["group"].to_numpy(dtype="int64")
+        self._weights = None
+        if self.balance == "reweight":
+            self._weights = inverse_frequency_weights(self._groups, self._genders)
         self._order = self._epoch_order()
 
     def _epoch_order(self):
         if not self.training:
             return np.arange(len(self.table))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.table))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.balance == "oversample":
+            return oversampled_order(self._groups, self._genders, rng)
+        return rng.permutation(len(self.table))
 
     def __len__(self):
         # A training batch of one face breaks BatchNorm in train mode, so a
@@ -80,7 +110,10 @@ class FaceDataset(keras.utils.PyDataset):
             image = augment_face(image, self.image_size, self.augment, rng)
         elif image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        return np.asarray(image, dtype="uint8")
+        pixels = np.asarray(image, dtype="uint8")
+        if self.transform is not None:
+            pixels = np.asarray(self.transform(pixels, index), dtype="uint8")
+        return pixels
 
     def __getitem__(self, batch_index):
         if not 0 <= batch_index < len(self):
@@ -90,8 +123,9 @@ class FaceDataset(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, batch_index]) if self.training else None
         images = normalize(np.stack([self.load_image(index, rng) for index in indices]))
 
+        weights = None if self._weights is None else self._weights[indices]
         targets, sample_weight = self.task.targets(
-            self._ages[indices], self._genders[indices], self._groups[indices]
+            self._ages[indices], self._genders[indices], self._groups[indices], weights
         )
         if sample_weight is None:
             return images, targets

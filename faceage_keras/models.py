@@ -62,37 +62,46 @@ class TaskSpec:
     def output_names(self):
         return tuple(self.heads) + (("age",) if self.cascade else ())
 
-    def targets(self, ages, genders, groups):
+    def targets(self, ages, genders, groups, weights=None):
         """Return the `y` dict and `sample_weight` dict (or None) for a batch.
 
         Args:
             ages: float array (batch,). Clipped ages in years.
             genders: int array (batch,). 0 = male, 1 = female.
             groups: int array (batch,). Age-group indices.
+            weights: float array (batch,) or None. Per-face loss weights, e.g.
+                from balancing; they multiply every output's loss.
         """
         columns = {
             "age": np.asarray(ages, dtype="float32").reshape(-1, 1),
             "gender": np.asarray(genders, dtype="int64"),
             "age_group": np.asarray(groups, dtype="int64"),
         }
-        if not self.cascade:
-            return {name: columns[name] for name in self.heads}, None
+        if self.cascade:
+            targets = {
+                "gender": columns["gender"],
+                "age_male": columns["age"],
+                "age_female": columns["age"],
+                "age": columns["age"],
+            }
+            # Each face trains only the age head of its true gender.
+            is_female = (columns["gender"] == FEMALE).astype("float32")
+            sample_weight = {
+                "gender": np.ones_like(is_female),
+                "age_male": 1.0 - is_female,
+                "age_female": is_female,
+                "age": np.ones_like(is_female),
+            }
+        else:
+            targets = {name: columns[name] for name in self.heads}
+            sample_weight = None
 
-        # Each face trains only the age head of its true gender.
-        targets = {
-            "gender": columns["gender"],
-            "age_male": columns["age"],
-            "age_female": columns["age"],
-            "age": columns["age"],
-        }
-        is_female = (columns["gender"] == FEMALE).astype("float32")
-        sample_weight = {
-            "gender": np.ones_like(is_female),
-            "age_male": 1.0 - is_female,
-            "age_female": is_female,
-            "age": np.ones_like(is_female),
-        }
-        return targets, sample_weight
+        if weights is None:
+            return targets, sample_weight
+        weights = np.asarray(weights, dtype="float32").reshape(-1)
+        if sample_weight is None:
+            sample_weight = {name: np.ones_like(weights) for name in targets}
+        return targets, {name: value * weights for name, value in sample_weight.items()}
 
 
 _TASKS = {}

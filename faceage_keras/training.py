@@ -14,12 +14,12 @@ import pandas as pd
 import timm
 import torch
 
-from faceage_keras import plots, synthetic
+from faceage_keras import balance, feature_cache, plots, synthetic
 from faceage_keras.config import ConfigError
 from faceage_keras.callbacks import EpochLogLine, SelectBestEpoch, ValidationMetrics
 from faceage_keras.dataset import FaceDataset
 from faceage_keras.evaluation import evaluate_predictions, predictions_frame
-from faceage_keras.models import build_model
+from faceage_keras.models import build_model, default_compile_args
 from faceage_keras.splits import split_table, write_splits
 from faceage_keras.table import read_labels, write_bad_rows
 
@@ -168,6 +168,69 @@ def _build_model(config):
         raise ConfigError(str(error)) from error
 
 
+def _image_data(model, config, splits):
+    """Return the model to fit and the image data sets of the splits."""
+    options = {"image_size": config.image_size, "batch_size": config.batch_size, "workers": config.workers}
+    train_data = FaceDataset(
+        splits["train"],
+        config.model,
+        training=True,
+        augment=config.augment,
+        seed=config.seed,
+        balance=config.balance,
+        **options,
+    )
+    val_data = FaceDataset(splits["val"], config.model, **options)
+    test_data = FaceDataset(splits["test"], config.model, **options)
+    return model, train_data, val_data, test_data
+
+
+def _cached_feature_data(model, config, splits):
+    """Return the head model to fit and feature data sets read from, or written to, the cache."""
+    started = time.monotonic()
+    options = {"image_size": config.image_size, "batch_size": config.batch_size, "workers": config.workers}
+    cache_dir = _cache_dir() / "features"
+    features = {
+        name: feature_cache.cached_features(model, splits[name], cache_dir, **options)
+        for name in ("val", "test")
+    }
+    if not config.cache_views:
+        features["train"] = feature_cache.cached_features(model, splits["train"], cache_dir, **options)
+    else:
+        features["train"] = feature_cache.cached_features(
+            model,
+            splits["train"],
+            cache_dir,
+            views=config.cache_views,
+            augment=config.augment,
+            seed=config.seed,
+            **options,
+        )
+    logger.info("Backbone features ready in %.0f s.", time.monotonic() - started)
+
+    heads = feature_cache.head_model(model)
+    # The full model's optimizer, so that its saved `.keras` file carries the optimizer state.
+    defaults = default_compile_args(config.model)
+    heads.compile(
+        optimizer=model.optimizer,
+        loss=defaults["loss"],
+        loss_weights=defaults["loss_weights"],
+        metrics=defaults["metrics"],
+    )
+    train_data = feature_cache.FeatureDataset(
+        features["train"],
+        splits["train"],
+        model.task,
+        batch_size=config.batch_size,
+        training=True,
+        seed=config.seed,
+        balance=config.balance,
+    )
+    val_data = feature_cache.FeatureDataset(features["val"], splits["val"], model.task, batch_size=config.batch_size)
+    test_data = feature_cache.FeatureDataset(features["test"], splits["test"], model.task, batch_size=config.batch_size)
+    return heads, train_data, val_data, test_data
+
+
 def _train(config, data, run_dir):
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -189,15 +252,18 @@ def _train(config, data, run_dir):
     # Data.
     splits = _load_splits(config, data_dir, run_dir)
     _write_run_info(run_dir, config, data_dir, is_synthetic, splits)
-    loader_options = {"image_size": config.image_size, "batch_size": config.batch_size, "workers": config.workers}
-    train_data = FaceDataset(
-        splits["train"], config.model, training=True, augment=config.augment, seed=config.seed, **loader_options
-    )
-    val_data = FaceDataset(splits["val"], config.model, **loader_options)
-    test_data = FaceDataset(splits["test"], config.model, **loader_options)
+    if config.balance != "none":
+        logger.info("Balancing the training split by %s; faces per age group and gender:\n%s",
+                    config.balance, balance.cell_counts(splits["train"]).to_string())
+    if config.cache_features:
+        fit_model, train_data, val_data, test_data = _cached_feature_data(model, config, splits)
+    else:
+        fit_model, train_data, val_data, test_data = _image_data(model, config, splits)
 
     # Training. ValidationMetrics must run first because the others read its keys.
-    select_best = SelectBestEpoch(model.task, run_dir / BEST_MODEL_FILE, config.early_stopping_patience)
+    select_best = SelectBestEpoch(
+        model.task, run_dir / BEST_MODEL_FILE, config.early_stopping_patience, model_to_save=model
+    )
     callbacks = [
         ValidationMetrics(val_data),
         keras.callbacks.LearningRateScheduler(step_schedule(config)),
@@ -205,8 +271,8 @@ def _train(config, data, run_dir):
         EpochLogLine(config.epochs),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
     ]
-    # FaceDataset shuffles itself with the seed; Keras' own shuffle would use Python's global RNG.
-    model.fit(
+    # The data sets shuffle themselves with the seed; Keras' own shuffle would use Python's global RNG.
+    fit_model.fit(
         train_data,
         epochs=config.epochs,
         callbacks=callbacks,
@@ -221,9 +287,16 @@ def _train(config, data, run_dir):
 
     # Test evaluation of the best epoch.
     best_model = keras.models.load_model(run_dir / BEST_MODEL_FILE)
+    if config.cache_features:
+        best_model = feature_cache.head_model(best_model)
     outputs = best_model.predict(test_data, verbose=0)
     frame = predictions_frame(model.task, test_data.table, outputs)
-    run_metrics = {"best_epoch": select_best.best_epoch + 1, "train_seconds": round(train_seconds, 1)}
+    run_metrics = {
+        "best_epoch": select_best.best_epoch + 1,
+        "train_seconds": round(train_seconds, 1),
+        "balance": config.balance,
+        "cache_features": config.cache_features,
+    }
     summary = evaluate_predictions(frame, config.model, run_dir, extra_metrics=run_metrics)
 
     logger.info(
