@@ -132,3 +132,65 @@ def evaluate(c, run, data=None, eval_transform=None, label=None, batch_size=64):
     except (ConfigError, DataError, ImageReadError, OSError, ValueError) as error:
         raise Exit(f"error: {error}", code=2) from error
     print(f"MAE {summary['mae']:.2f} years on {summary['num_faces']} faces; results in {out_dir}")
+
+
+@task(
+    help={
+        "data": "Data folder with labels.csv and images/ (default: $FACEAGE_DATA).",
+        "output": "PNG file to write (default: docs/historical_look.png).",
+        "faces": "Number of faces, spread over the five age groups and both genders (default: 10).",
+        "image_size": "Side in pixels the faces are resized to before the look, as in training (default: 112).",
+        "seed": "Seed of the face choice and of the rendering (default: 0).",
+    }
+)
+def figure_historical(c, data=None, output="docs/historical_look.png", faces=10, image_size=112, seed=0):
+    """Plot real faces before and after the historical-photograph look, and each effect alone."""
+    import os
+
+    data = data or os.environ.get("FACEAGE_DATA")
+    if not data:
+        raise Exit("error: give --data or set FACEAGE_DATA to a folder with labels.csv and images/.", code=2)
+    labels_path = os.path.join(data, "labels.csv")
+    if not os.path.isfile(labels_path):
+        raise Exit(f"error: {labels_path} not found. --data must be a folder with labels.csv and images/.", code=2)
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from faceage_keras.config import ConfigError
+    from faceage_keras.images import ImageReadError, load_rgb
+    from faceage_keras.labels import age_to_group
+    from faceage_keras.plots import plot_historical_look
+
+    try:
+        num_faces = _int_or_none(faces, "faces")
+        size = _int_or_none(image_size, "image-size")
+        seed = _int_or_none(seed, "seed")
+    except ConfigError as error:
+        raise Exit(f"error: {error}", code=2) from error
+
+    # Face i comes from age group i % 5 and gender i % 2, so a few faces span ages and genders.
+    labels = pd.read_csv(labels_path, dtype={"image_name": str})
+    labels["group"] = age_to_group(labels["age"].to_numpy(dtype="float64"))
+    genders = sorted(labels["gender"].unique())
+    rows = []
+    for index in range(num_faces):
+        cell = labels[(labels["group"] == index % 5) & (labels["gender"] == genders[index % len(genders)])]
+        cell = cell.drop(index=[row.name for row in rows], errors="ignore")
+        if len(cell):
+            rows.append(cell.sample(n=1, random_state=seed + index).iloc[0])
+    if not rows:
+        raise Exit(f"error: {labels_path} lists no faces.", code=2)
+
+    images, captions = [], []
+    try:
+        for row in rows:
+            image = load_rgb(os.path.join(data, "images", row["image_name"]))
+            images.append(np.asarray(image.resize((size, size), Image.BILINEAR)))
+            captions.append(f"{row['age']:g} years, {row['gender']}")
+    except ImageReadError as error:
+        raise Exit(f"error: {error}", code=2) from error
+
+    path = plot_historical_look(images, output, captions=captions, seed=seed)
+    print(f"Wrote {path}")

@@ -4,6 +4,8 @@ import dataclasses
 
 from PIL import Image, ImageEnhance
 
+from faceage_keras.historical import HistoricalLook, apply_historical_look
+
 
 @dataclasses.dataclass
 class AugmentConfig:
@@ -17,6 +19,10 @@ class AugmentConfig:
         contrast: float. Maximum relative change of contrast.
         saturation: float. Maximum relative change of saturation.
         rotation_degrees: float. Maximum rotation either way, in degrees.
+        historical: `HistoricalLook` or None. Look of an old photograph,
+            applied after the other augmentations; None turns it off. A dict
+            (a TOML `[augment.historical]` table) is read with
+            `HistoricalLook.from_dict`.
     """
 
     crop_scale: tuple = (0.8, 1.0)
@@ -25,6 +31,7 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     rotation_degrees: float = 10.0
+    historical: HistoricalLook | None = None
 
     def __post_init__(self):
         crop_scale = self.crop_scale
@@ -39,6 +46,14 @@ class AugmentConfig:
             _check_number(name, getattr(self, name), 0.0, 1.0)
         _check_number("rotation_degrees", self.rotation_degrees, 0.0, 180.0)
 
+        if isinstance(self.historical, dict):
+            self.historical = HistoricalLook.from_dict(self.historical)
+        if self.historical is not None and not isinstance(self.historical, HistoricalLook):
+            raise ValueError(
+                f"`historical` must be a table of historical-look settings, or left out to turn the look off. "
+                f"Received: historical={self.historical!r}"
+            )
+
 
 def _check_number(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
@@ -47,6 +62,9 @@ def _check_number(name, value, low, high):
 
 def augment_face(image, size, config, rng):
     """Return a randomly cropped, flipped, colour-jittered and rotated RGB face of `size` x `size` pixels.
+
+    With `config.historical` set, the face may also get the look of an old
+    photograph (see `faceage_keras.historical`).
 
     Args:
         image: PIL RGB image.
@@ -78,4 +96,7 @@ def augment_face(image, size, config, rng):
     if config.rotation_degrees > 0:
         angle = rng.uniform(-config.rotation_degrees, config.rotation_degrees)
         image = image.rotate(angle, resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+
+    if config.historical is not None:
+        image = apply_historical_look(image, config.historical, rng)
     return image

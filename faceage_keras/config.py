@@ -26,8 +26,10 @@ class TrainConfig:
     """Everything a training run depends on.
 
     TOML files set these fields as top-level keys, with the augmentation
-    strengths in an `[augment]` table (see `AugmentConfig`). The defaults are
-    the CPU recipe of `experiments/cpu/`.
+    strengths in an `[augment]` table (see `AugmentConfig`) and the look of
+    old photographs, off unless given, in an `[augment.historical]` table (see
+    `faceage_keras.historical.HistoricalLook`). The defaults are the CPU
+    recipe of `experiments/cpu/`.
 
     Attributes:
         model: str. `m1` ... `m5`.

@@ -224,20 +224,98 @@ def plot_residuals(age_true, age_pred, path, *, title=None):
     return _save(figure, path)
 
 
-def _new_figure(figsize):
+def plot_historical_look(faces, path, *, captions=None, seed=0, title=None):
+    """Plot faces before and after the look of old photographs, and each effect alone, and save it as a PNG.
+
+    The rows show the faces, the faces rendered with
+    `historical.EVALUATION_LOOK`, the faces with one random draw of the
+    training look `historical.HistoricalLook()`, and the face with the
+    brightest corners (where vignetting and dark dust show best) with each
+    effect of `historical.EFFECTS` alone at full strength. Faces are drawn
+    one image pixel per figure pixel, so grain and JPEG blocks show as the
+    model receives them. Returns the path.
+
+    Args:
+        faces: list of uint8 RGB arrays of one shape (side, side, 3).
+        path: Output PNG path.
+        captions: list of str or None. One caption per face, e.g. its age.
+        seed: int. Seed of the rendering; face `i` uses `(seed, i)`.
+        title: str or None. Figure title.
+    """
+    from faceage_keras import historical
+
+    if not faces:
+        raise ValueError("Cannot plot the historical look without any faces.")
+    shapes = {np.shape(face) for face in faces}
+    if len(shapes) != 1:
+        raise ValueError(f"All faces must have one shape. Resize them first. Received shapes: {sorted(shapes)}")
+    if captions is not None and len(captions) != len(faces):
+        raise ValueError(f"`captions` has {len(captions)} entries for {len(faces)} faces.")
+
+    training_look = historical.HistoricalLook(probability=1.0)
+    example = faces[int(np.argmax([_corner_brightness(face) for face in faces]))]
+    rows = [
+        ("Original", list(faces), captions),
+        ("Evaluation look", [historical.render_historical(face, (seed, i)) for i, face in enumerate(faces)], None),
+        (
+            "Training look\n(random draws)",
+            [historical.render_historical(face, (seed, i), training_look) for i, face in enumerate(faces)],
+            None,
+        ),
+        (
+            "Each effect alone,\nfull strength",
+            [example]
+            + [
+                historical.render_historical(example, seed, historical.HistoricalLook.single_effect(effect))
+                for effect in historical.EFFECTS
+            ],
+            ["original"] + list(historical.EFFECTS),
+        ),
+    ]
+
+    # One image pixel per figure pixel, with room for the row labels and captions.
+    dpi = 100
+    side = shapes.pop()[0]
+    num_columns = max(len(images) for _, images, _ in rows)
+    cell = side / dpi
+    figure = _new_figure(figsize=(1.3 + num_columns * cell * 1.04, len(rows) * (cell + 0.3) + 0.4), dpi=dpi)
+    axes = figure.subplots(len(rows), num_columns, squeeze=False)
+    for row_axes, (label, images, texts) in zip(axes, rows):
+        for column, axis in enumerate(row_axes):
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column >= len(images):
+                axis.set_visible(False)
+                continue
+            axis.imshow(images[column], interpolation="nearest")
+            if texts is not None:
+                axis.set_title(texts[column], fontsize=8)
+        row_axes[0].set_ylabel(label, fontsize=9)
+
+    figure.suptitle(title or "Historical-photograph look")
+    return _save(figure, path, dpi=dpi)
+
+
+def _corner_brightness(face):
+    corner = max(1, len(face) // 6)
+    corners = [face[:corner, :corner], face[:corner, -corner:], face[-corner:, :corner], face[-corner:, -corner:]]
+    return float(np.mean([np.mean(part) for part in corners]))
+
+
+def _new_figure(figsize, dpi=DPI):
     # Imported here so that importing faceage_keras does not import matplotlib.
     from matplotlib.figure import Figure
 
-    return Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return Figure(figsize=figsize, dpi=dpi, layout="constrained")
 
 
-def _save(figure, path):
+def _save(figure, path, dpi=DPI):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, format="png", dpi=DPI)
+    figure.savefig(path, format="png", dpi=dpi)
     figure.clear()
     return path
 
