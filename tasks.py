@@ -1,5 +1,10 @@
 """Command-line tasks: `invoke train --model m4`, `invoke --list` for the rest."""
 
+import json
+import os
+import subprocess
+import sys
+
 from invoke import Exit, task
 
 MODELS_HELP = "Which model to train: m1, m2, m3, m4 or m5 (default: the config's, else m1)."
@@ -17,7 +22,36 @@ def _int_or_none(value, option):
         raise ConfigError(f"--{option} must be a whole number. Received: {value!r}") from error
 
 
+def _torchrun_command(nproc, nnodes, node_rank, master_addr, master_port):
+    """Return the `torch.distributed.run` arguments that start `nproc` processes on this node."""
+    from faceage_keras.config import ConfigError
+
+    if nproc < 1 or nnodes < 1:
+        raise ConfigError(f"--nproc and --nnodes must be at least 1. Received: --nproc {nproc} --nnodes {nnodes}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes == 1 and master_addr is None:
+        return command + ["--standalone"]
+    if master_addr is None:
+        raise ConfigError("--nnodes above 1 needs --master-addr, the address of the node with --node-rank 0.")
+    return command + [
+        "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+        "--master-addr", master_addr, "--master-port", str(master_port),
+    ]  # fmt: skip
+
+
+def _run_distributed(torchrun, launch_args, nnodes):
+    env = dict(os.environ)
+    if nnodes == 1:
+        # Keeps gloo's connections on this machine instead of the interface the host name resolves to.
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    result = subprocess.run([*torchrun, "-m", "faceage_keras.launch", *launch_args], env=env)
+    if result.returncode != 0:
+        raise Exit(f"error: distributed training failed with exit code {result.returncode} (messages above).", code=result.returncode)
+
+
+# Without automatic short flags: they gave `-h` to --channels-last and an empty flag to --node-rank.
 @task(
+    auto_shortflags=False,
     help={
         "model": MODELS_HELP,
         "data": "Data folder with labels.csv and images/ (default: $FACEAGE_DATA, else synthetic faces).",
@@ -26,13 +60,21 @@ def _int_or_none(value, option):
         "weights": "Backbone weights: none, imagenet (download), efficientnet-lite0-package (offline) or a checkpoint path.",
         "image_size": "Side of the square input images in pixels.",
         "epochs": "Maximum number of epochs.",
-        "batch_size": "Faces per training step.",
+        "batch_size": "Faces per training step and process.",
         "limit": "Use only the first N faces after a seeded shuffle, for quick runs.",
         "run_dir": "Output folder (default: runs/<model>-<timestamp>).",
         "skip_bad_rows": "Drop invalid metadata rows (listed in skipped_rows.csv) instead of failing.",
         "workers": "Threads that decode and augment images.",
         "balance": "Balance the training split over age groups and genders: none, oversample or reweight.",
-    }
+        "resume": "Continue the interrupted run in this folder from its last checkpoint (takes only --data and the process options).",
+        "channels_last": "Run the backbone in channels-last memory format (for GPUs).",
+        "mixed_precision": "bfloat16: run the backbone under bfloat16 autocast (for GPUs). Default: float32.",
+        "nproc": "Processes on this node, one per GPU; above 1 starts torchrun with DistributedDataParallel (default 1).",
+        "nnodes": "Number of nodes of a multi-node run (default 1).",
+        "node_rank": "Index of this node, 0 to nnodes - 1 (multi-node runs).",
+        "master_addr": "Address of the node with --node-rank 0 (multi-node runs).",
+        "master_port": "Free TCP port on the node with --node-rank 0 (multi-node runs, default 29500).",
+    },
 )
 def train(
     c,
@@ -49,14 +91,41 @@ def train(
     skip_bad_rows=False,
     workers=None,
     balance=None,
+    resume=None,
+    channels_last=False,
+    mixed_precision=None,
+    nproc=1,
+    nnodes=1,
+    node_rank=0,
+    master_addr=None,
+    master_port=29500,
 ):
     """Train one of the models M1-M5 and evaluate it on its test split."""
+    if resume is not None:
+        given = [name for name, value in _run_options(locals()).items() if value not in (None, False)]
+        if given:
+            raise Exit(
+                f"error: --resume continues a run with its saved config; drop {', '.join(given)} "
+                f"(only --data and the process options go with --resume).",
+                code=2,
+            )
+
+    from faceage_keras.checkpoint import ResumeError
     from faceage_keras.config import ConfigError, load_config
     from faceage_keras.images import ImageReadError
     from faceage_keras.table import DataError
+    from faceage_keras.training import resume_run
     from faceage_keras.training import train as run_training
 
+    distributed = nproc > 1 or nnodes > 1
     try:
+        if resume is not None:
+            if distributed:
+                launch_args = ["--resume", "--run-dir", resume] + (["--data", data] if data else [])
+                torchrun = _torchrun_command(nproc, nnodes, node_rank, master_addr, master_port)
+                return _run_distributed(torchrun, launch_args, nnodes)
+            return resume_run(resume, data=data)
+
         train_config = load_config(
             config,
             model=model,
@@ -69,11 +138,27 @@ def train(
             workers=_int_or_none(workers, "workers"),
             skip_bad_rows=True if skip_bad_rows else None,
             balance=balance,
+            channels_last=True if channels_last else None,
+            mixed_precision=mixed_precision,
         )
+        if distributed:
+            launch_args = ["--config-json", json.dumps(train_config.to_dict())]
+            launch_args += (["--data", data] if data else []) + (["--run-dir", run_dir] if run_dir else [])
+            torchrun = _torchrun_command(nproc, nnodes, node_rank, master_addr, master_port)
+            return _run_distributed(torchrun, launch_args, nnodes)
         run_training(train_config, data=data, run_dir=run_dir)
-    except (ConfigError, DataError, ImageReadError, OSError) as error:
+    except (ConfigError, DataError, ImageReadError, ResumeError, OSError) as error:
         # Input, option and file problems: a message without a traceback.
         raise Exit(f"error: {error}", code=2) from error
+
+
+def _run_options(options):
+    """Return the options of `train` that set up a new run, by their command-line names."""
+    names = (
+        "model", "config", "backbone", "weights", "image_size", "epochs", "batch_size",
+        "limit", "run_dir", "skip_bad_rows", "workers", "balance", "channels_last", "mixed_precision",
+    )  # fmt: skip
+    return {"--" + name.replace("_", "-"): options[name] for name in names}
 
 
 @task(

@@ -24,11 +24,16 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     Args:
         dataset: `FaceDataset` of the validation split, not shuffled.
+        predict: callable or None. `predict(model, dataset)` returns the
+            outputs for every face of `dataset` in order; None uses
+            `model.predict`. Distributed training passes one that splits the
+            faces across processes.
     """
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, predict=None):
         super().__init__()
         self.dataset = dataset
+        self.predict = predict or _predict_all
         self.task = dataset.task
         self._losses = {name: make_loss() for name, make_loss in self.task.losses.items()}
 
@@ -45,7 +50,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         return total
 
     def on_epoch_end(self, epoch, logs=None):
-        outputs = self.model.predict(self.dataset, verbose=0)
+        outputs = self.predict(self.model, self.dataset)
         logs = logs if logs is not None else {}
         logs["val_loss"] = self._loss(outputs)
         # An age group without validation faces gives nan, which the log line shows.
@@ -54,6 +59,10 @@ class ValidationMetrics(keras.callbacks.Callback):
             scores = validation_scores(self.task, self.dataset.table, outputs)
         for name, value in scores.items():
             logs[f"val_{name}"] = value
+
+
+def _predict_all(model, dataset):
+    return model.predict(dataset, verbose=0)
 
 
 def selection_score(task, logs):
@@ -75,7 +84,8 @@ class SelectBestEpoch(keras.callbacks.Callback):
 
     Args:
         task: `TaskSpec` whose `selection_score` ranks epochs.
-        path: path of the `.keras` file to write.
+        path: path of the `.keras` file to write, or None to track the best
+            epoch without saving (the other processes of a distributed run).
         patience: int. Epochs without a better score before training stops.
         model_to_save: keras.Model or None. The model to write; None writes
             the model being trained. A head-only model trained on cached
@@ -85,7 +95,7 @@ class SelectBestEpoch(keras.callbacks.Callback):
     def __init__(self, task, path, patience, model_to_save=None):
         super().__init__()
         self.task = task
-        self.path = str(path)
+        self.path = None if path is None else str(path)
         self.patience = int(patience)
         self.model_to_save = model_to_save
         self.best_score = None
@@ -95,8 +105,9 @@ class SelectBestEpoch(keras.callbacks.Callback):
         score = selection_score(self.task, logs or {})
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
-            (self.model_to_save or self.model).save(self.path)
-            logger.info("Epoch %d is the best so far; saved %s.", epoch + 1, self.path)
+            if self.path is not None:
+                (self.model_to_save or self.model).save(self.path)
+                logger.info("Epoch %d is the best so far; saved %s.", epoch + 1, self.path)
         elif epoch - self.best_epoch >= self.patience:
             logger.info("No improvement for %d epochs: stopping early.", self.patience)
             self.model.stop_training = True
@@ -125,3 +136,22 @@ class EpochLogLine(keras.callbacks.Callback):
         if "learning_rate" in logs:
             parts.append(f"lr {logs['learning_rate']:.3g}")
         logger.info(", ".join(parts))
+
+
+class DatasetEpoch(keras.callbacks.Callback):
+    """Set a training `FaceDataset` to each epoch's index before its first batch.
+
+    The shuffle and augmentation of an epoch then depend on the epoch index
+    alone, not on how often Keras called `on_epoch_end` before, so a run
+    resumed at epoch k sees the same batches as an uninterrupted one.
+
+    Args:
+        dataset: the training `FaceDataset`.
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.set_epoch(epoch)

@@ -15,6 +15,7 @@ from faceage_keras.models import get_task
 from faceage_keras.splits import MIN_FACES
 
 OPTIMIZERS = ("sgd", "adamw")
+MIXED_PRECISION = ("bfloat16",)
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,10 @@ class TrainConfig:
         augment: AugmentConfig. Training augmentation.
         model_kwargs: dict. Extra `timm.create_model` arguments, e.g.
             `{img_size = 112}` for a ViT at 112 px.
+        channels_last: bool. Run the backbone in channels-last memory
+            format, for GPUs (see `faceage_keras.acceleration`).
+        mixed_precision: str or None. `"bfloat16"` runs the backbone under
+            bfloat16 autocast, for GPUs; None trains in float32.
     """
 
     model: str = "m1"
@@ -95,6 +100,8 @@ class TrainConfig:
     skip_bad_rows: bool = False
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model_kwargs: dict = dataclasses.field(default_factory=dict)
+    channels_last: bool = False
+    mixed_precision: str | None = None
 
     def __post_init__(self):
         _check_types(self)
@@ -120,6 +127,11 @@ class TrainConfig:
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"`mixed_precision` must be one of {MIXED_PRECISION}, or left out for float32. float16 is not "
+                f"offered because it needs loss scaling. Received: mixed_precision={self.mixed_precision!r}"
+            )
 
         if self.weights == LITE0_PACKAGE_WEIGHTS and self.backbone != LITE0_MODEL_NAME:
             raise ValueError(

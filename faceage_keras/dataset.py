@@ -98,10 +98,21 @@ class FaceDataset(keras.utils.PyDataset):
     def __len__(self):
         # A training batch of one face breaks BatchNorm in train mode, so a
         # last batch of one is left out. The next epoch's shuffle includes it.
-        num_batches = math.ceil(len(self.table) / self.batch_size)
-        if self.training and num_batches > 1 and len(self.table) % self.batch_size == 1:
+        num_faces = len(self._order)
+        num_batches = math.ceil(num_faces / self.batch_size)
+        if self.training and num_batches > 1 and num_faces % self.batch_size == 1:
             num_batches -= 1
         return num_batches
+
+    def set_epoch(self, epoch):
+        """Select the epoch whose shuffle and augmentation the following batches use."""
+        self.epoch = int(epoch)
+        self._order = self._epoch_order()
+
+    def _batch_rng(self, batch_index):
+        if not self.training:
+            return None
+        return np.random.default_rng([self.seed, self.epoch, batch_index])
 
     def load_image(self, index, rng=None):
         """Return face `index` as a uint8 array, augmented when `rng` is given."""
@@ -120,7 +131,7 @@ class FaceDataset(keras.utils.PyDataset):
             raise IndexError(f"Batch {batch_index} out of range for {len(self)} batches.")
         indices = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
 
-        rng = np.random.default_rng([self.seed, self.epoch, batch_index]) if self.training else None
+        rng = self._batch_rng(batch_index)
         images = normalize(np.stack([self.load_image(index, rng) for index in indices]))
 
         weights = None if self._weights is None else self._weights[indices]
@@ -133,7 +144,8 @@ class FaceDataset(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         # NOTE: Keras calls this once more before training when `workers` is 1
-        # than when it is larger, so the augmentation of a run depends on
-        # `workers` (results repeat exactly for the same value).
+        # than when it is larger, so with a plain `fit` the augmentation depends
+        # on `workers`. `train` avoids that with `DatasetEpoch`, which calls
+        # `set_epoch` at the start of every epoch.
         self.epoch += 1
         self._order = self._epoch_order()

@@ -215,6 +215,10 @@ class FeatureDataset(keras.utils.PyDataset):
             return features, targets
         return features, targets, sample_weight
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def set_epoch(self, epoch):
+        """Select the epoch whose order and augmented view the following batches use."""
+        self.epoch = int(epoch)
         self._order = self._epoch_order()
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)

@@ -14,9 +14,10 @@ import pandas as pd
 import timm
 import torch
 
-from faceage_keras import balance, feature_cache, plots, synthetic
-from faceage_keras.config import ConfigError
-from faceage_keras.callbacks import EpochLogLine, SelectBestEpoch, ValidationMetrics
+from faceage_keras import balance, checkpoint, distributed, feature_cache, plots, synthetic
+from faceage_keras.acceleration import apply_gpu_options
+from faceage_keras.config import ConfigError, load_config
+from faceage_keras.callbacks import DatasetEpoch, EpochLogLine, SelectBestEpoch, ValidationMetrics
 from faceage_keras.dataset import FaceDataset
 from faceage_keras.evaluation import evaluate_predictions, predictions_frame
 from faceage_keras.models import build_model, default_compile_args
@@ -92,7 +93,7 @@ def _new_run_dir(model_name, run_dir):
     return run_dir
 
 
-def _load_splits(config, data_dir, run_dir):
+def _load_splits(config, data_dir, run_dir, resume=False):
     table, bad_rows = read_labels(
         data_dir, skip_bad_rows=config.skip_bad_rows, limit=config.limit, seed=config.seed
     )
@@ -101,7 +102,10 @@ def _load_splits(config, data_dir, run_dir):
     if config.limit is not None:
         logger.info("Using the first %d faces after a shuffle with seed %d (--limit).", len(table), config.seed)
     splits = split_table(table, seed=config.seed)
-    write_splits(splits, run_dir)
+    if resume:
+        checkpoint.check_same_splits(run_dir, splits)
+    else:
+        write_splits(splits, run_dir)
     return splits
 
 
@@ -124,8 +128,12 @@ def _write_run_info(run_dir, config, data_dir, is_synthetic, splits):
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def train(config, *, data=None, run_dir=None):
+def train(config, *, data=None, run_dir=None, resume=False):
     """Train one model with the settings in `config` and evaluate it on the test split.
+
+    Under torchrun, every process calls this; they train together with
+    DistributedDataParallel (see `faceage_keras.distributed`), and only the
+    main process writes the run folder and evaluates on the test split.
 
     Args:
         config: `TrainConfig`.
@@ -133,6 +141,9 @@ def train(config, *, data=None, run_dir=None):
             reads `$FACEAGE_DATA`, and without it a synthetic set is used.
         run_dir: path or None. Output folder; by default
             `runs/<model>-<timestamp>`.
+        resume: bool. Continue the run in `run_dir` after the last epoch of
+            its checkpoint; `config` and `data` must be the run's own (see
+            `resume_run`).
 
     Returns:
         The run folder, holding `config.json`, `run.json`, `splits/`,
@@ -140,16 +151,44 @@ def train(config, *, data=None, run_dir=None):
         `val_mae_curve.png`, `test_predictions.csv`, `metrics.json`,
         `test_scatter.png` and `residuals.png`.
     """
-    run_dir = _new_run_dir(config.model, run_dir)
-    log_file = _start_log_file(run_dir)
+    context, started_group = distributed.start_process_group()
     try:
-        return _train(config, data, run_dir)
-    except Exception as error:
-        logger.error("Run failed: %s: %s", type(error).__name__, error)
-        raise
+        if resume:
+            checkpoint.read_state(run_dir)
+            run_dir = pathlib.Path(run_dir)
+        else:
+            run_dir = context.share(_new_run_dir(config.model, run_dir) if context.is_main else None)
+        log_file = _start_log_file(run_dir) if context.is_main else None
+        try:
+            return _train(config, data, run_dir, context, resume)
+        except Exception as error:
+            logger.error("Run failed: %s: %s", type(error).__name__, error)
+            raise
+        finally:
+            if log_file is not None:
+                logging.getLogger("faceage_keras").removeHandler(log_file)
+                log_file.close()
     finally:
-        logging.getLogger("faceage_keras").removeHandler(log_file)
-        log_file.close()
+        if started_group:
+            distributed.end_process_group()
+
+
+def resume_run(run_dir, *, data=None):
+    """Continue the interrupted run in `run_dir` with its own config, from its last checkpoint.
+
+    The resumed run trains the epochs left and then writes the same files as
+    an uninterrupted run.
+
+    Args:
+        run_dir: path of the run folder.
+        data: path or None. The data folder, when it moved since the run
+            started; by default the one named in `run.json`.
+
+    Returns:
+        The run folder.
+    """
+    config_path, data_dir = checkpoint.run_settings(run_dir)
+    return train(load_config(config_path), data=data or data_dir, run_dir=run_dir, resume=True)
 
 
 def _build_model(config):
@@ -168,18 +207,15 @@ def _build_model(config):
         raise ConfigError(str(error)) from error
 
 
-def _image_data(model, config, splits):
+def _image_data(model, config, splits, context):
     """Return the model to fit and the image data sets of the splits."""
     options = {"image_size": config.image_size, "batch_size": config.batch_size, "workers": config.workers}
-    train_data = FaceDataset(
-        splits["train"],
-        config.model,
-        training=True,
-        augment=config.augment,
-        seed=config.seed,
-        balance=config.balance,
-        **options,
-    )
+    train_options = dict(training=True, augment=config.augment, seed=config.seed, balance=config.balance, **options)
+    if context.is_distributed:
+        shard = {"rank": context.rank, "world_size": context.world_size}
+        train_data = distributed.ShardedFaceDataset(splits["train"], config.model, **shard, **train_options)
+    else:
+        train_data = FaceDataset(splits["train"], config.model, **train_options)
     val_data = FaceDataset(splits["val"], config.model, **options)
     test_data = FaceDataset(splits["test"], config.model, **options)
     return model, train_data, val_data, test_data
@@ -231,7 +267,50 @@ def _cached_feature_data(model, config, splits):
     return heads, train_data, val_data, test_data
 
 
-def _train(config, data, run_dir):
+def _fit(fit_model, model, config, context, run_dir, train_data, val_data, state, started):
+    """Train `fit_model`, after the epochs of the checkpoint `state` when resuming; return the `SelectBestEpoch`.
+
+    `fit_model` is `model` itself, or its heads when training on cached features;
+    the best epoch is saved as the full `model` either way.
+    """
+    select_best = SelectBestEpoch(
+        model.task,
+        run_dir / BEST_MODEL_FILE if context.is_main else None,
+        config.early_stopping_patience,
+        model_to_save=model,
+    )
+    if state is not None:
+        checkpoint.restore_best_epoch(select_best, state)
+        if state["finished"]:
+            return select_best
+
+    # ValidationMetrics must run before the callbacks that read its keys.
+    callbacks = [
+        distributed.SyncProcesses(context),
+        ValidationMetrics(val_data, predict=distributed.ShardedPredictor(context) if context.is_distributed else None),
+        keras.callbacks.LearningRateScheduler(step_schedule(config)),
+        select_best,
+        DatasetEpoch(train_data),
+        EpochLogLine(config.epochs),
+    ]
+    if context.is_main:
+        callbacks += [
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=state is not None),
+            checkpoint.TrainingCheckpoint(run_dir, select_best, epochs=config.epochs, started=started, state=state),
+        ]
+    # FaceDataset shuffles itself with the seed; Keras' own shuffle would use Python's global RNG.
+    fit_model.fit(
+        train_data,
+        epochs=config.epochs,
+        initial_epoch=state["epochs_done"] if state else 0,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=(1 if sys.stdout.isatty() else 2) if context.is_main else 0,
+    )
+    return select_best
+
+
+def _train(config, data, run_dir, context, resume):
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     data_dir, is_synthetic = resolve_data_dir(data)
@@ -240,6 +319,7 @@ def _train(config, data, run_dir):
     # Model first, so that a wrong backbone or weights setting fails before the data is read.
     model = _build_model(config)
     model.compile(optimizer=make_optimizer(config))
+    apply_gpu_options(model, channels_last=config.channels_last, mixed_precision=config.mixed_precision)
     logger.info(
         "%s (%s): %s backbone with weights %r, %s parameters.",
         config.model,
@@ -250,36 +330,27 @@ def _train(config, data, run_dir):
     )
 
     # Data.
-    splits = _load_splits(config, data_dir, run_dir)
-    _write_run_info(run_dir, config, data_dir, is_synthetic, splits)
-    if config.balance != "none":
+    splits = context.share(_load_splits(config, data_dir, run_dir, resume) if context.is_main else None)
+    if context.is_main and not resume:
+        _write_run_info(run_dir, config, data_dir, is_synthetic, splits)
+    if config.balance != "none" and context.is_main:
         logger.info("Balancing the training split by %s; faces per age group and gender:\n%s",
                     config.balance, balance.cell_counts(splits["train"]).to_string())
     if config.cache_features:
+        if context.is_distributed:
+            raise ConfigError("cache_features trains the heads in one process; drop it or --nproc.")
         fit_model, train_data, val_data, test_data = _cached_feature_data(model, config, splits)
     else:
-        fit_model, train_data, val_data, test_data = _image_data(model, config, splits)
+        fit_model, train_data, val_data, test_data = _image_data(model, config, splits, context)
 
-    # Training. ValidationMetrics must run first because the others read its keys.
-    select_best = SelectBestEpoch(
-        model.task, run_dir / BEST_MODEL_FILE, config.early_stopping_patience, model_to_save=model
-    )
-    callbacks = [
-        ValidationMetrics(val_data),
-        keras.callbacks.LearningRateScheduler(step_schedule(config)),
-        select_best,
-        EpochLogLine(config.epochs),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-    ]
-    # The data sets shuffle themselves with the seed; Keras' own shuffle would use Python's global RNG.
-    fit_model.fit(
-        train_data,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    train_seconds = time.monotonic() - started
+    # Resume state, then DDP, whose wrapper broadcasts the main process's weights.
+    state = checkpoint.restore_checkpoint(run_dir, fit_model, restore_files=context.is_main) if resume else None
+    if context.is_distributed:
+        distributed.install_ddp_train_step(model, context)
+    select_best = _fit(fit_model, model, config, context, run_dir, train_data, val_data, state, started)
+    train_seconds = time.monotonic() - started + (state["train_seconds"] if state else 0.0)
+    if not context.is_main:
+        return run_dir
 
     history = pd.read_csv(run_dir / "history.csv")
     plots.plot_loss_curve(history, run_dir / "loss_curve.png", title=f"{config.model}: loss")
