@@ -20,8 +20,7 @@ def _int_or_none(value, option):
 @task(
     help={
         "model": MODELS_HELP,
-        "data": "Data folder with labels.csv and images/, or a built TFDS data set tfds:NAME[:VERSION] read from "
-        "$TFDS_DATA_DIR (default: $FACEAGE_DATA, else synthetic faces).",
+        "data": "Data folder with labels.csv and images/ (default: $FACEAGE_DATA, else synthetic faces).",
         "config": "Experiment config (TOML), e.g. experiments/cpu/m4.toml. Options given here override it.",
         "backbone": "timm model name of the backbone, e.g. tf_efficientnet_lite0.",
         "weights": "Backbone weights: none, imagenet (download), efficientnet-lite0-package (offline) or a checkpoint path.",
@@ -95,7 +94,7 @@ def data(c, action, dataset=None, manual_dir=None, data_dir=None):
     from faceage_keras.tfds_faces import DATA_DIR_ENV_VARIABLE, available_builders, build_dataset, default_data_dir
 
     if action not in DATA_ACTIONS:
-        raise Exit(f"error: unknown action {action!r}; expected one of {list(DATA_ACTIONS)}.", code=2)
+        raise Exit(f"error: unknown action {action!r}. Expected one of {list(DATA_ACTIONS)}.", code=2)
     if not dataset or not manual_dir:
         raise Exit(
             f"error: --dataset and --manual-dir are required. Datasets: {available_builders()}.", code=2
@@ -106,19 +105,16 @@ def data(c, action, dataset=None, manual_dir=None, data_dir=None):
     package_logger = logging.getLogger("faceage_keras")
     package_logger.setLevel(logging.INFO)
     package_logger.addHandler(handler)
-    # TFDS sets up a root handler as well, which would print every line twice.
-    package_logger.propagate = False
     try:
         result = build_dataset(dataset, manual_dir, data_dir=data_dir)
     except (DataError, OSError) as error:
         raise Exit(f"error: {error}", code=2) from error
     finally:
         package_logger.removeHandler(handler)
-        package_logger.propagate = True
     if result.built:
         print(f"Built {result.name} {result.version}: {result.num_faces} faces in {result.path} ({result.seconds:.0f} s).")
     else:
-        print(f"{result.name} {result.version} is already built in {result.path}; nothing to do.")
+        print(f"{result.name} {result.version} is already built in {result.path}. Nothing to do.")
     data_root = result.path.parent.parent
     prefix = "" if data_root == default_data_dir() else f"{DATA_DIR_ENV_VARIABLE}={data_root} "
     print(f"Train on it with: {prefix}invoke train --data tfds:{result.name}:{result.version}")

@@ -27,7 +27,7 @@ class FaceDataset(keras.utils.PyDataset):
     Args:
         table: DataFrame with `path`, `age_clipped`, `gender` and `group`
             columns (see `faceage_keras.sources.load_face_table`). An
-            optional `image_bytes` column holds each face's encoded file
+            optional `image_bytes` column contains each face's encoded file
             content, which is then decoded instead of reading `path`.
         task: str or `TaskSpec`. The model the targets are for.
         image_size: int. Output side in pixels.

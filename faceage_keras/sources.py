@@ -1,4 +1,4 @@
-"""Where the faces come from: a data folder, or a face data set built with TFDS.
+"""Face sources: a data folder, or a face data set built with TFDS.
 
 Training and evaluation name their data in one of three ways:
 
@@ -36,7 +36,7 @@ _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 _DATASET_INFO_FILE = "dataset_info.json"
 # Records read per call from the array_record files.
 _READ_CHUNK = 512
-# Shown with an error that lists bad rows; the rest are counted.
+# Rows listed in a message about bad rows. The rest are counted.
 _MAX_ROWS_IN_MESSAGE = 10
 
 
@@ -46,7 +46,7 @@ def is_tfds_spec(data):
 
 
 def parse_tfds_spec(spec):
-    """Return `(name, version)` from `tfds:NAME` or `tfds:NAME:VERSION`; `version` is None when not given.
+    """Return `(name, version)` from `tfds:NAME` or `tfds:NAME:VERSION`, with `version` None when not given.
 
     Raises:
         DataError: `spec` is not of that form.
@@ -110,7 +110,7 @@ def resolve_data(data, *, tfds_data_dir=None):
         version = versions[-1]
     elif version not in versions:
         raise DataError(
-            f"{data}: version {version} of {name!r} is not built in {data_dir}; built versions: {versions}. "
+            f"{data}: version {version} of {name!r} is not built in {data_dir}. Built versions: {versions}. "
             f"{how_to_build}"
         )
     return data_dir / name / version
@@ -119,6 +119,8 @@ def resolve_data(data, *, tfds_data_dir=None):
 def _open_train_split(version_dir):
     import tensorflow_datasets as tfds
 
+    # The version folder is resolved already, so the data set is opened from it
+    # (as `tfds.data_source` does for a name) without importing builder code.
     builder = tfds.builder_from_directory(version_dir)
     missing = [name for name in tfds_faces.FEATURE_NAMES if name not in builder.info.features]
     if missing:
@@ -144,10 +146,11 @@ def _text(value):
 
 def _read_records(version_dir):
     """Return the faces of a built data set as a DataFrame in source order, and the builder."""
-    builder, source = _open_train_split(version_dir)
-    records = []
-    for start in range(0, len(source), _READ_CHUNK):
-        records.extend(source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source))))))
+    with tfds_faces.absl_warnings_only():
+        builder, source = _open_train_split(version_dir)
+        records = []
+        for start in range(0, len(source), _READ_CHUNK):
+            records.extend(source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source))))))
 
     frame = pd.DataFrame(
         {
@@ -197,8 +200,8 @@ def read_tfds_table(version_dir, *, skip_bad_rows=False, limit=None, seed=42):
 
     Args:
         version_dir: path. Folder of the built version, `<data_dir>/<name>/<version>`.
-        skip_bad_rows: bool. Accept a data set whose build left rows out;
-            otherwise those rows raise `DataError`, as they do for the folder.
+        skip_bad_rows: bool. Accept a data set whose build left rows out.
+            Otherwise those rows raise `DataError`, as they do for the folder.
         limit: int or None. Keep only the faces `read_labels` keeps with the same `limit` and `seed`.
         seed: int. Seed of the shuffle for `limit`.
 
@@ -224,8 +227,8 @@ def read_tfds_table(version_dir, *, skip_bad_rows=False, limit=None, seed=42):
         raise DataError(
             f"{label} ({version_dir}): {len(bad_rows)} rows of the source {metadata.get(tfds_faces.SOURCE)} were "
             f"left out when the data set was built:\n{_format_bad_rows(bad_rows)}\n"
-            f"Fix these rows and rebuild under a new version, or pass --skip-bad-rows (skip_bad_rows=True) "
-            f"to use the data set without them."
+            f"Fix these rows in the source and build again (after deleting {version_dir}), or pass "
+            f"--skip-bad-rows (skip_bad_rows=True) to use the data set without them."
         )
     if bad_rows:
         logger.warning("Skipped %d rows that the build of %s left out:\n%s", len(bad_rows), label, _format_bad_rows(bad_rows))

@@ -18,6 +18,7 @@ reading it back gives the same table as reading the folder
 writes and reads array_record files with NumPy.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -46,6 +47,28 @@ SKIPPED_ROWS = "skipped_rows"
 DATA_DIR_ENV_VARIABLE = "TFDS_DATA_DIR"
 BUILDERS_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets"
 _BUILDER_MODULE_SUFFIX = "_dataset_builder"
+
+
+@contextlib.contextmanager
+def absl_warnings_only():
+    """Show absl's (TFDS's) warnings on stderr, and keep absl from configuring the root logger meanwhile.
+
+    absl calls `logging.basicConfig()` on its first message when the root
+    logger has no handler, and from then on every faceage_keras log line
+    prints twice. A root handler for absl's warnings prevents that.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(lambda record: record.name == "absl")
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def default_data_dir():
@@ -84,7 +107,7 @@ def face_info(builder, *, description, homepage=None, citation=None):
 
 
 def face_example(*, image, image_name, age, gender, group, line):
-    """Return the `(key, example)` pair of one face; `image` is a file path or the file's bytes."""
+    """Return the `(key, example)` pair of one face, where `image` is a file path or the file's bytes."""
     example = {
         "image": image,
         "image_name": image_name,
@@ -97,7 +120,7 @@ def face_example(*, image, image_name, age, gender, group, line):
 
 
 def start_metadata(info, *, source, source_rows):
-    """Fill a builder's metadata before its examples are generated; returns the list that collects skipped rows."""
+    """Fill a builder's metadata before its examples are generated, and return the list that collects skipped rows."""
     info.metadata[SOURCE] = str(pathlib.Path(source).resolve())
     info.metadata[SOURCE_ROWS] = int(source_rows)
     info.metadata[SKIPPED_ROWS] = []
@@ -195,8 +218,8 @@ def _warn_about_incomplete_builds(data_dir, name, version):
     leftovers = sorted((data_dir / name).glob(f"incomplete.*_{version}"))
     if leftovers:
         logger.warning(
-            "Found %d folder(s) of interrupted builds, e.g. %s. They are never read; delete them unless a build "
-            "is running now.",
+            "Found %d folder(s) of interrupted builds, e.g. %s. They are never read, so delete them unless a "
+            "build is running now.",
             len(leftovers),
             leftovers[0],
         )
@@ -231,6 +254,11 @@ def build_dataset(name, manual_dir, *, data_dir=None, builders_dir=BUILDERS_DIR)
         DataError: unknown builder, missing source folder, or the version is
             already built from another source folder.
     """
+    with absl_warnings_only():
+        return _build(name, manual_dir, data_dir, builders_dir)
+
+
+def _build(name, manual_dir, data_dir, builders_dir):
     import tensorflow_datasets as tfds
 
     builder_class = load_builder_class(name, builders_dir)
@@ -249,7 +277,7 @@ def build_dataset(name, manual_dir, *, data_dir=None, builders_dir=BUILDERS_DIR)
         _check_same_source(path, manual_dir)
         num_faces = builder.info.splits[SPLIT].num_examples
         skipped = skipped_bad_rows(read_metadata(path))
-        logger.info("%s %s is already built in %s (%d faces); nothing to do.", name, version, path, num_faces)
+        logger.info("%s %s is already built in %s (%d faces). Nothing to do.", name, version, path, num_faces)
         return BuildResult(name, version, path, num_faces, skipped, built=False, seconds=0.0)
 
     _warn_about_incomplete_builds(data_dir, name, version)

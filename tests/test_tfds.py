@@ -298,7 +298,7 @@ def test_rebuild_does_nothing(archive, caplog):
 
     assert not again.built, "a finished build was built again"
     assert again.num_faces == result.num_faces, "the rerun reported another number of faces"
-    assert "nothing to do" in caplog.text, "the rerun did not say that it did nothing"
+    assert "Nothing to do" in caplog.text, "the rerun did not say that it did nothing"
     assert {path: path.stat().st_mtime_ns for path in result.path.iterdir()} == times, "files were rewritten"
 
 
@@ -365,7 +365,7 @@ def test_invoke_data_build(tmp_path):
     assert "Built portrait_archive 1.0.0: 8 faces" in first.stdout, f"no summary line:\n{first.stdout}"
     assert "Building portrait_archive 1.0.0" in first.stderr, f"no progress log:\n{first.stderr[-3000:]}"
     assert second.returncode == 0, f"the rerun failed:\n{second.stderr[-3000:]}"
-    assert "nothing to do" in second.stdout, f"the rerun did not say that it did nothing:\n{second.stdout}"
+    assert "Nothing to do" in second.stdout, f"the rerun did not say that it did nothing:\n{second.stdout}"
 
 
 def test_unknown_builder_raises(tmp_path):

@@ -20,9 +20,9 @@ logger = logging.getLogger("faceage_keras.datasets.utkface")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NAME_FORM = "<age>_<gender>_<race>_<date&time>.jpg.chip.jpg"
-_STANDARD_NAME = re.compile(r"[0-9]+_[01]_[0-4]_[0-9]{17}\.jpg\.chip\.jpg")
+_STANDARD_NAME = re.compile(r"[0-9]+_[01]_[0-4]_[0-9]+\.jpg\.chip\.jpg")
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
-# Shown in the log when names are skipped or irregular; the rest are counted.
+# Names listed in a log line about skipped or irregular names. The rest are counted.
 _MAX_NAMES_IN_LOG = 10
 
 _DESCRIPTION = """\
@@ -31,7 +31,7 @@ parsed from the file names `<age>_<gender>_<race>_<date&time>.jpg.chip.jpg`
 (gender 0 male, 1 female). The age group is derived from the age. Names
 whose age or gender field is invalid, and images that do not decode, are left
 out and listed in the metadata (`skipped_rows`). UTKFace is for
-non-commercial research only; the copyright of the images stays with their
+non-commercial research only. The copyright of the images stays with their
 owners.
 """
 
@@ -94,9 +94,9 @@ def list_image_names(images_dir):
 
 
 def _log_names(level, message, names):
-    shown = ", ".join(repr(name) for name in names[:_MAX_NAMES_IN_LOG])
+    listed = ", ".join(repr(name) for name in names[:_MAX_NAMES_IN_LOG])
     more = f" and {len(names) - _MAX_NAMES_IN_LOG} more" if len(names) > _MAX_NAMES_IN_LOG else ""
-    logger.log(level, "%s: %s%s", message, shown, more)
+    logger.log(level, "%s: %s%s", message, listed, more)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
