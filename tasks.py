@@ -279,3 +279,50 @@ def figure_historical(c, data=None, output="docs/historical_look.png", faces=10,
 
     path = plot_historical_look(images, output, captions=captions, seed=seed)
     print(f"Wrote {path}")
+
+
+DATA_ACTIONS = ("build",)
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "What to do: build.",
+        "dataset": "Builder in datasets/: utkface or portrait_archive.",
+        "manual_dir": "Source folder: UTKFace crops (or a folder with images/ of them), or an archive with labels.csv and images/.",
+        "data_dir": "TFDS data folder to write into (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).",
+    },
+)
+def data(c, action, dataset=None, manual_dir=None, data_dir=None):
+    """Build a face data set in TFDS form: invoke data build --dataset utkface --manual-dir DIR."""
+    import logging
+    import sys
+
+    from faceage_keras.table import DataError
+    from faceage_keras.tfds_faces import DATA_DIR_ENV_VARIABLE, available_builders, build_dataset, default_data_dir
+
+    if action not in DATA_ACTIONS:
+        raise Exit(f"error: unknown action {action!r}. Expected one of {list(DATA_ACTIONS)}.", code=2)
+    if not dataset or not manual_dir:
+        raise Exit(
+            f"error: --dataset and --manual-dir are required. Datasets: {available_builders()}.", code=2
+        )
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("faceage_keras")
+    package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    try:
+        result = build_dataset(dataset, manual_dir, data_dir=data_dir)
+    except (DataError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    finally:
+        package_logger.removeHandler(handler)
+    if result.built:
+        print(f"Built {result.name} {result.version}: {result.num_faces} faces in {result.path} ({result.seconds:.0f} s).")
+    else:
+        print(f"{result.name} {result.version} is already built in {result.path}. Nothing to do.")
+    data_root = result.path.parent.parent
+    prefix = "" if data_root == default_data_dir() else f"{DATA_DIR_ENV_VARIABLE}={data_root} "
+    print(f"Train on it with: {prefix}invoke train --data tfds:{result.name}:{result.version}")

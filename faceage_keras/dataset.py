@@ -8,7 +8,7 @@ from PIL import Image
 
 from faceage_keras.augment import AugmentConfig, augment_face
 from faceage_keras.balance import check_balance, inverse_frequency_weights, oversampled_order
-from faceage_keras.images import load_rgb
+from faceage_keras.images import decode_rgb, load_rgb
 from faceage_keras.models import get_task
 
 
@@ -28,7 +28,9 @@ class FaceDataset(keras.utils.PyDataset):
 
     Args:
         table: DataFrame with `path`, `age_clipped`, `gender` and `group`
-            columns (see `faceage_keras.table.read_labels`).
+            columns (see `faceage_keras.sources.load_face_table`). An
+            optional `image_bytes` column contains each face's encoded file
+            content, which is then decoded instead of reading `path`.
         task: str or `TaskSpec`. The model the targets are for.
         image_size: int. Output side in pixels.
         batch_size: int. Faces per batch.
@@ -79,6 +81,7 @@ class FaceDataset(keras.utils.PyDataset):
         self.epoch = 0
 
         self._paths = self.table["path"].to_numpy()
+        self._encoded = self.table["image_bytes"].to_numpy() if "image_bytes" in self.table else None
         self._ages = self.table["age_clipped"].to_numpy(dtype="float32")
         self._genders = self.table["gender"].to_numpy(dtype="int64")
         self._groups = self.table["group"].to_numpy(dtype="int64")
@@ -116,7 +119,10 @@ class FaceDataset(keras.utils.PyDataset):
 
     def load_image(self, index, rng=None):
         """Return face `index` as a uint8 array, augmented when `rng` is given."""
-        image = load_rgb(self._paths[index])
+        if self._encoded is None:
+            image = load_rgb(self._paths[index])
+        else:
+            image = decode_rgb(self._encoded[index], self._paths[index])
         if rng is not None:
             image = augment_face(image, self.image_size, self.augment, rng)
         elif image.size != (self.image_size, self.image_size):

@@ -97,9 +97,14 @@ def cache_key(model, table, *, image_size, views, augment, seed):
     for weight in backbone.weights:
         values = keras.ops.convert_to_numpy(weight.value)
         digest.update(np.ascontiguousarray(values, dtype="float32").tobytes())
-    for name, path in zip(table["image_name"], table["path"]):
-        stat = os.stat(path)
-        digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    if "image_bytes" in table:
+        # Faces read from a TFDS data set: their encoded bytes are the data.
+        for name, encoded in zip(table["image_name"], table["image_bytes"]):
+            digest.update(f"{name}\0".encode() + hashlib.sha256(encoded).digest())
+    else:
+        for name, path in zip(table["image_name"], table["path"]):
+            stat = os.stat(path)
+            digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 

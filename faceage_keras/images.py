@@ -1,5 +1,7 @@
 """Decoding of face images into 8-bit RGB, whatever the file's mode."""
 
+import io
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -34,9 +36,10 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def _decode(path, draft_size=None):
+def _decode(path, draft_size=None, data=None):
+    """Decode the file at `path`, or the encoded bytes `data` when given (`path` then names them in errors)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             if draft_size is not None:
                 image.draft("RGB", draft_size)
             image.load()
@@ -52,6 +55,11 @@ def _decode(path, draft_size=None):
 def load_rgb(path):
     """Read an image file as an RGB PIL image, raising `ImageReadError` with the reason."""
     return _decode(path)
+
+
+def decode_rgb(data, name):
+    """Decode encoded image bytes (a file's content) as an RGB PIL image, naming them `name` in errors."""
+    return _decode(name, data=data)
 
 
 def check_readable(path):

@@ -18,7 +18,8 @@ from faceage_keras.dataset import FaceDataset
 from faceage_keras.evaluation import evaluate_predictions, predictions_frame
 from faceage_keras.models import get_task
 from faceage_keras.splits import read_splits
-from faceage_keras.table import DataError, read_labels, write_bad_rows
+from faceage_keras.sources import load_face_table
+from faceage_keras.table import DataError, write_bad_rows
 from faceage_keras.training import BEST_MODEL_FILE
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def _eval_transform(name):
 def _default_label(data, eval_transform):
     parts = []
     if data is not None:
-        parts.append(pathlib.Path(data).resolve().name)
+        parts.append(str(data).replace(":", "-") if str(data).startswith("tfds:") else pathlib.Path(data).resolve().name)
     if eval_transform is not None:
         parts.append(eval_transform)
     return "-".join(parts) or "test"
@@ -51,9 +52,9 @@ def _test_table(run_dir, data):
     """Return the faces to score: the run's test split, or every valid face of `data`."""
     if data is None:
         run_info = json.loads((run_dir / "run.json").read_text())
-        table, _ = read_labels(run_info["data_dir"], skip_bad_rows=True)
+        table, _ = load_face_table(run_info["data_dir"], skip_bad_rows=True)
         return read_splits(run_dir, table)["test"], []
-    return read_labels(data, skip_bad_rows=True)
+    return load_face_table(data, skip_bad_rows=True)
 
 
 def evaluate_run(run_dir, *, data=None, eval_transform=None, label=None, batch_size=64, workers=1):
@@ -61,9 +62,9 @@ def evaluate_run(run_dir, *, data=None, eval_transform=None, label=None, batch_s
 
     Args:
         run_dir: path of a run folder written by `training.train`.
-        data: path or None. None scores the run's own test split (its data
-            folder must still exist); a data folder scores all its valid faces
-            (cross-data-set evaluation), listing skipped rows in
+        data: path, str or None. None scores the run's own test split (its
+            data must still exist); a data folder or `tfds:NAME[:VERSION]`
+            scores all its valid faces (cross-data-set evaluation), listing skipped rows in
             `skipped_rows.csv`.
         eval_transform: str or None. `"historical"` renders every face with
             the historical-photo look, seeded per face, before scoring.

@@ -275,6 +275,15 @@ def read_labels(data_dir, *, skip_bad_rows=False, check_images=True, limit=None,
     return table, bad_rows
 
 
+def count_rows(data_dir):
+    """Return the number of rows of a data folder's `labels.csv`, blank rows included.
+
+    `read_labels` shuffles this many row positions for `limit`, so a copy of
+    the folder in another form can repeat its selection.
+    """
+    return len(_read_csv(pathlib.Path(data_dir) / LABELS_FILE))
+
+
 def write_bad_rows(bad_rows, path):
     """Write skipped rows to a CSV with columns line, image_name, reason."""
     pd.DataFrame([dataclasses.asdict(row) for row in bad_rows], columns=["line", "image_name", "reason"]).to_csv(

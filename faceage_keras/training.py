@@ -22,7 +22,8 @@ from faceage_keras.dataset import FaceDataset
 from faceage_keras.evaluation import evaluate_predictions, predictions_frame
 from faceage_keras.models import build_model, default_compile_args
 from faceage_keras.splits import split_table, write_splits
-from faceage_keras.table import read_labels, write_bad_rows
+from faceage_keras.sources import load_face_table, resolve_data
+from faceage_keras.table import write_bad_rows
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,13 @@ def _cache_dir():
 
 
 def resolve_data_dir(data=None):
-    """Return `(data_dir, is_synthetic)` from `data`, else `$FACEAGE_DATA`, else synthetic faces."""
+    """Return `(data_dir, is_synthetic)` from `data`, else `$FACEAGE_DATA`, else synthetic faces.
+
+    A TFDS spec `tfds:NAME[:VERSION]` resolves to the folder of the built version.
+    """
     data = data or os.environ.get(DATA_ENV_VARIABLE)
     if data:
-        return pathlib.Path(data).expanduser(), False
+        return resolve_data(data), False
     directory = synthetic.write_synthetic_dataset(_cache_dir() / "synthetic", num_images=SYNTHETIC_FACES)
     logger.warning(
         "No data given: training on %d SYNTHETIC drawn portraits in %s. Results say nothing about real faces. "
@@ -94,7 +98,7 @@ def _new_run_dir(model_name, run_dir):
 
 
 def _load_splits(config, data_dir, run_dir, resume=False):
-    table, bad_rows = read_labels(
+    table, bad_rows = load_face_table(
         data_dir, skip_bad_rows=config.skip_bad_rows, limit=config.limit, seed=config.seed
     )
     if bad_rows:
@@ -137,8 +141,9 @@ def train(config, *, data=None, run_dir=None, resume=False):
 
     Args:
         config: `TrainConfig`.
-        data: path or None. Data folder with `labels.csv` and `images/`; None
-            reads `$FACEAGE_DATA`, and without it a synthetic set is used.
+        data: path, str or None. Data folder with `labels.csv` and `images/`,
+            or a TFDS data set `tfds:NAME[:VERSION]`; None reads
+            `$FACEAGE_DATA`, and without it a synthetic set is used.
         run_dir: path or None. Output folder; by default
             `runs/<model>-<timestamp>`.
         resume: bool. Continue the run in `run_dir` after the last epoch of
