@@ -71,3 +71,36 @@ def train(
     except (ConfigError, DataError, ImageReadError, OSError) as error:
         # Input, option and file problems: a message without a traceback.
         raise Exit(f"error: {error}", code=2) from error
+
+
+@task(
+    iterable=["runs"],
+    help={
+        "runs": "A run folder, or a folder that contains run folders. Repeat the option for more.",
+        "grid": "Grid manifest (grid.json) that lists the runs of an experiment grid, failed ones included.",
+        "out": "Output folder for report.md, report.html and figures/ (default: reports/report-<timestamp>).",
+        "resamples": "Bootstrap resamples of the 95% MAE intervals.",
+        "seed": "Seed of the bootstrap.",
+        "baseline_balance": "Balancing method that the ΔMAE heatmaps subtract (balanced minus this).",
+    },
+)
+def report(c, runs=None, grid=None, out=None, resamples=1000, seed=0, baseline_balance="none"):
+    """Compare finished runs: tables, fairness, calibration and figures as Markdown and HTML."""
+    from faceage_keras.config import ConfigError
+    from faceage_keras.report import write_report
+    from faceage_keras.run_folders import ReportError
+
+    try:
+        if resamples < 1:
+            raise ConfigError(f"--resamples must be at least 1. Received: {resamples}")
+        out_dir = write_report(
+            runs or [],
+            grid,
+            out,
+            num_resamples=resamples,
+            seed=seed,
+            baseline_balance=baseline_balance,
+        )
+    except (ConfigError, ReportError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(f"Report written to {out_dir}/report.html and {out_dir}/report.md")
