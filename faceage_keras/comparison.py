@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from faceage_keras import calibration, fairness, labels, metrics
+from faceage_keras import calibration, fairness, labels, metrics, run_folders
 
 # Columns of the two age estimates. Group models (M3, M4) have both: the
 # centre of the most probable group and the expectation over the groups.
@@ -281,14 +281,15 @@ def balance_deltas(runs, summaries, *, baseline="none"):
 
     Returns:
         A list of `DeltaTable`, one per method other than `baseline` that has
-        at least one run with a matching baseline. Runs match when their
-        config agrees on model, backbone, weights and image size.
+        at least one run with a matching baseline: `oversample` first, then
+        `reweight`, then other methods by name. Runs match when their config
+        agrees on model, backbone, weights and image size.
     """
     baselines = {}
     for run in runs:
         if run.balance == baseline:
             baselines.setdefault(_match_key(run), []).append(run)
-    methods = sorted({run.balance for run in runs if run.balance != baseline})
+    methods = sorted({run.balance for run in runs if run.balance != baseline}, key=run_folders.balance_sort_key)
 
     tables = []
     for method in methods:

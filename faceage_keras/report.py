@@ -11,12 +11,13 @@ import datetime
 import logging
 import math
 import pathlib
+import warnings
 
-from faceage_keras import comparison, labels, metrics, report_figures
+from faceage_keras import comparison, fairness, labels, metrics, report_figures
 from faceage_keras.calibration import NUM_CONFIDENCE_BINS
 from faceage_keras.report_figures import Panel, Series
 from faceage_keras.report_render import Cell, Document, Figure, Table, render_html, render_markdown
-from faceage_keras.run_folders import BALANCE_ORDER, ReportError, collect_runs
+from faceage_keras.run_folders import ReportError, balance_sort_key, collect_runs
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ def _interval(table, low, high, reason):
     return f"[{low:.2f}, {high:.2f}]"
 
 
+def _count(number, noun):
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _model_name(run):
     return (run.model or "?").upper()
 
@@ -94,10 +99,6 @@ def _series_label(run, age):
 
 def _panel_title(run):
     return f"{run.name}\n{_model_name(run)}, balance: {run.balance}"
-
-
-def _balance_rank(balance):
-    return BALANCE_ORDER.index(balance) if balance in BALANCE_ORDER else len(BALANCE_ORDER)
 
 
 def _run_colours(runs, *, by_balance=False):
@@ -143,7 +144,7 @@ def _summarize(predictions, folder, num_resamples, seed):
 def _introduction(document, inputs, run_paths, grid):
     finished, failed = len(inputs.finished), len(inputs.runs) - len(inputs.finished)
     document.introduction.append(
-        f"This report compares {len(inputs.runs)} runs: {finished} finished and {failed} failed. "
+        f"This report compares {_count(len(inputs.runs), 'run')}: {finished} finished and {failed} failed. "
         f"It was generated on {datetime.datetime.now().isoformat(timespec='seconds')}."
     )
     sources = []
@@ -311,7 +312,7 @@ def _age_series(summary):
 
 def _residual_panels(runs, summaries):
     panels = []
-    for balance in sorted({run.balance for run in runs}, key=lambda value: (_balance_rank(value), value)):
+    for balance in sorted({run.balance for run in runs}, key=balance_sort_key):
         members = [run for run in runs if run.balance == balance]
         colours = _run_colours(members)
         series = []
@@ -416,10 +417,6 @@ def _fairness_section(document, inputs):
 
 
 def _largest_gap(values_by_group):
-    import warnings
-
-    from faceage_keras import fairness
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         return fairness.largest_gap(values_by_group)
@@ -593,6 +590,9 @@ def _group_column_name(label):
 
 def _balancing_section(document, inputs, figures_dir, baseline):
     section = document.section("Balancing")
+    if not inputs.finished:
+        section.text("No run finished, so there are no results.")
+        return
     deltas = comparison.balance_deltas(inputs.finished, inputs.summaries, baseline=baseline)
     if not deltas:
         methods = sorted({run.balance for run in inputs.finished})
@@ -716,12 +716,12 @@ def _evaluations_section(document, inputs, figures_dir):
 def _training_section(document, inputs, figures_dir):
     section = document.section("Training curves")
     runs = [run for run in inputs.finished if run.history is not None]
+    if not runs:
+        section.text("No finished run has a readable history.csv, so there are no training curves.")
+        return
     left_out = [run.name for run in inputs.finished if run.history is None]
     if left_out:
         section.text(f"Runs without a readable history.csv, left out here: {', '.join(left_out)}.")
-    if not runs:
-        section.text("No finished run has a history.csv, so there are no training curves.")
-        return
 
     panels = [Panel(_panel_title(run), (Series("history", run.history),)) for run in runs if "loss" in run.history.columns]
     if panels:
@@ -749,7 +749,7 @@ def build_document(inputs, figures_dir, *, run_paths=(), grid=None, baseline_bal
     """Build the report document and draw its figures into `figures_dir`."""
     figures_dir = pathlib.Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    document = Document(f"Comparison of {len(inputs.runs)} runs")
+    document = Document(f"Comparison of {_count(len(inputs.runs), 'run')}")
     _introduction(document, inputs, run_paths, grid)
     _runs_section(document, inputs)
     _overall_section(document, inputs, figures_dir)

@@ -322,8 +322,10 @@ def read_grid_manifest(path):
     return manifest, runs
 
 
-def _balance_rank(balance):
-    return BALANCE_ORDER.index(balance) if balance in BALANCE_ORDER else len(BALANCE_ORDER)
+def balance_sort_key(balance):
+    """Return a sort key that puts `none`, `oversample` and `reweight` first, in that order, then the rest by name."""
+    rank = BALANCE_ORDER.index(balance) if balance in BALANCE_ORDER else len(BALANCE_ORDER)
+    return rank, balance
 
 
 def collect_runs(run_paths=(), grid=None):
@@ -366,5 +368,5 @@ def collect_runs(run_paths=(), grid=None):
         if names.count(run.name) > 1:
             raise ReportError(f"Two runs are both named {run.name!r}. Give them distinct names in the manifest.")
 
-    unique.sort(key=lambda run: (not run.ok, run.model or "", _balance_rank(run.balance), run.balance, run.name))
+    unique.sort(key=lambda run: (not run.ok, run.model or "", balance_sort_key(run.balance), run.name))
     return manifest, unique

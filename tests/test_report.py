@@ -1,6 +1,7 @@
 """Tests of `invoke report`: reading run folders and manifests, the written report and the command."""
 
 import html.parser
+import importlib.util
 import json
 import os
 import pathlib
@@ -9,11 +10,12 @@ import sys
 
 import numpy as np
 import pandas as pd
+import invoke
 import pytest
 from PIL import Image
 
 from fake_runs import write_extra_evaluation, write_fake_grid, write_fake_run
-from faceage_keras import metrics
+from faceage_keras import comparison, metrics
 from faceage_keras.report import write_report
 from faceage_keras.run_folders import ReportError, collect_runs, find_runs, load_run, read_grid_manifest
 
@@ -403,3 +405,56 @@ def test_invoke_report_rejects_non_run_folder(tmp_path):
     assert "error:" in result.stderr
     assert "not a run folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _tasks_module():
+    spec = importlib.util.spec_from_file_location("faceage_tasks", REPO / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("manifest_text", "expected"),
+    [
+        (None, "No runs given"),
+        ("{not json", "Cannot parse"),
+        ('{"grid": "x"}', "'runs' list"),
+        ('{"runs": [{"name": "a", "status": "done"}]}', "expected 'ok' or 'failed'"),
+    ],
+)
+def test_report_task_input_error_exit_code(tmp_path, manifest_text, expected):
+    grid = None
+    if manifest_text is not None:
+        grid = tmp_path / "grid.json"
+        grid.write_text(manifest_text)
+
+    with pytest.raises(invoke.Exit) as caught:
+        _tasks_module().report(invoke.Context(), grid=None if grid is None else str(grid), out=str(tmp_path / "out"))
+
+    assert caught.value.code == 2
+    assert caught.value.message.startswith("error: ")
+    assert expected in caught.value.message
+    assert "\n" not in caught.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_task_missing_manifest_exit_code(tmp_path):
+    with pytest.raises(invoke.Exit) as caught:
+        _tasks_module().report(invoke.Context(), grid=str(tmp_path / "absent.json"))
+    assert caught.value.code == 2
+    assert "not found" in caught.value.message
+
+
+def test_balance_deltas_oversample_before_reweight(tmp_path):
+    for balance, seed in (("reweight", 1), ("none", 0), ("oversample", 2)):
+        write_fake_run(tmp_path / f"m2-{balance}", "m2", balance=balance, num_faces=30, seed=seed, history=False)
+    _, runs = collect_runs([tmp_path])
+    summaries = {run.name: comparison.summarize_predictions_table(run.predictions, num_resamples=10) for run in runs}
+
+    deltas = comparison.balance_deltas(runs, summaries)
+
+    assert [delta.method for delta in deltas] == ["oversample", "reweight"]
+    assert [delta.baseline for delta in deltas] == ["none", "none"]
+    reweight_mae = summaries["m2-reweight"].ages[0].mae - summaries["m2-none"].ages[0].mae
+    assert deltas[1].values[0, -1] == pytest.approx(reweight_mae)

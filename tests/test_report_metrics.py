@@ -24,6 +24,22 @@ def test_bootstrap_two_faces_bounds():
     assert high == pytest.approx(2.0)
 
 
+def test_bootstrap_two_faces_narrow_confidence():
+    # With confidence 0.4 the bounds are the 30% and 70% quantiles, both inside the mass of 1 (25% to 75%).
+    low, high = metrics.bootstrap_mean_interval([0.0, 2.0], confidence=0.4)
+    assert low == pytest.approx(1.0)
+    assert high == pytest.approx(1.0)
+
+
+def test_bootstrap_matches_normal_interval():
+    # For 400 faces the bootstrap means are close to normal: mean +- 1.96 * std / sqrt(n).
+    errors = np.random.default_rng(5).exponential(5.0, size=400)
+    half_width = 1.96 * errors.std() / np.sqrt(errors.size)
+    low, high = metrics.bootstrap_mean_interval(errors)
+    assert low == pytest.approx(errors.mean() - half_width, abs=0.15 * half_width)
+    assert high == pytest.approx(errors.mean() + half_width, abs=0.15 * half_width)
+
+
 def test_bootstrap_contains_mean():
     errors = np.random.default_rng(1).exponential(5.0, size=300)
     low, high = metrics.bootstrap_mean_interval(errors)
