@@ -326,3 +326,36 @@ def data(c, action, dataset=None, manual_dir=None, data_dir=None):
     data_root = result.path.parent.parent
     prefix = "" if data_root == default_data_dir() else f"{DATA_DIR_ENV_VARIABLE}={data_root} "
     print(f"Train on it with: {prefix}invoke train --data tfds:{result.name}:{result.version}")
+
+
+@task(
+    iterable=["runs"],
+    help={
+        "runs": "A run folder, or a folder that contains run folders. Repeat the option for more.",
+        "grid": "Grid manifest (grid.json) that lists the runs of an experiment grid, failed ones included.",
+        "out": "Output folder for report.md, report.html and figures/ (default: reports/report-<timestamp>).",
+        "resamples": "Bootstrap resamples of the 95% MAE intervals.",
+        "seed": "Seed of the bootstrap.",
+        "baseline_balance": "Balancing method that the ΔMAE heatmaps subtract (balanced minus this).",
+    },
+)
+def report(c, runs=None, grid=None, out=None, resamples=1000, seed=0, baseline_balance="none"):
+    """Compare finished runs: tables, fairness, calibration and figures as Markdown and HTML."""
+    from faceage_keras.config import ConfigError
+    from faceage_keras.report import write_report
+    from faceage_keras.run_folders import ReportError
+
+    try:
+        if resamples < 1:
+            raise ConfigError(f"--resamples must be at least 1. Received: {resamples}")
+        out_dir = write_report(
+            runs or [],
+            grid,
+            out,
+            num_resamples=resamples,
+            seed=seed,
+            baseline_balance=baseline_balance,
+        )
+    except (ConfigError, ReportError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(f"Report written to {out_dir}/report.html and {out_dir}/report.md")

@@ -323,3 +323,61 @@ def _summarize_gender(predictions, *, model_name):
 
     known = ~np.isnan(gender_true)
     return gender_scores(gender_true[known], gender_pred[known])
+
+
+# Resamples and seed of the bootstrap intervals in comparison reports.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+# Resampled values held in memory at once, so that large test sets fit.
+_BOOTSTRAP_CHUNK_VALUES = 2_000_000
+
+
+def bootstrap_mean_interval(values, *, confidence=0.95, num_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED):
+    """Compute a percentile bootstrap interval of the mean of per-face `values`.
+
+    Each resample draws `len(values)` faces with replacement, and the interval
+    bounds are the `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles
+    of the resample means. Pass absolute age errors to get an interval of the
+    MAE. The generator is seeded, so the same input gives the same interval.
+
+    Returns:
+        `(low, high)` as Python floats, or `(nan, nan)` with an
+        `UndefinedMetricWarning` for empty inputs.
+    """
+    values, _ = _check_targets(values, values, true_name="values", pred_name="values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}.")
+    if int(num_resamples) < 1:
+        raise ValueError(f"num_resamples must be at least 1, got {num_resamples}.")
+    if values.size == 0:
+        _warn_undefined("A bootstrap interval is undefined for empty inputs, so it is nan.")
+        return math.nan, math.nan
+
+    rng = np.random.default_rng(seed)
+    num_resamples = int(num_resamples)
+    resamples_per_chunk = max(1, _BOOTSTRAP_CHUNK_VALUES // values.size)
+    means = []
+    for start in range(0, num_resamples, resamples_per_chunk):
+        size = min(resamples_per_chunk, num_resamples - start)
+        indices = rng.integers(0, values.size, size=(size, values.size))
+        means.append(values[indices].mean(axis=1))
+    means = np.concatenate(means)
+
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def confusion_matrix(true_classes, pred_classes, *, num_classes):
+    """Count faces per (true class, predicted class) pair.
+
+    Returns an int64 array of shape `(num_classes, num_classes)` whose row is
+    the true class and whose column is the predicted class. Classes are
+    indices 0 to `num_classes - 1`, such as age groups or genders (0 = male).
+    """
+    true_classes, pred_classes = _check_targets(
+        true_classes, pred_classes, true_name="true_classes", pred_name="pred_classes", num_classes=num_classes
+    )
+    counts = np.zeros((num_classes, num_classes), dtype="int64")
+    np.add.at(counts, (true_classes, pred_classes), 1)
+    return counts
