@@ -5,6 +5,18 @@ from invoke import Exit, task
 MODELS_HELP = "Which model to train: m1, m2, m3, m4 or m5 (default: the config's, else m1)."
 
 
+def _float_or_none(value, option):
+    """Parse a decimal option given as a string."""
+    from faceage_keras.config import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError as error:
+        raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
+
+
 def _int_or_none(value, option):
     """Parse an integer option; invoke passes options without a default as strings."""
     from faceage_keras.config import ConfigError
@@ -71,3 +83,54 @@ def train(
     except (ConfigError, DataError, ImageReadError, OSError) as error:
         # Input, option and file problems: a message without a traceback.
         raise Exit(f"error: {error}", code=2) from error
+
+
+@task(
+    help={
+        "input": "Folder of photographs to read; subfolders are read too.",
+        "output": "Folder to write: images/ with the crops, labels.csv, no_face.csv and unreadable.csv.",
+        "detector": "Face detector: mtcnn (default).",
+        "size": "Side of the square face crops in pixels (default 224).",
+        "margin": "Fraction of the face box's side added on each side of it (default 0.4).",
+        "largest_only": "Keep only the largest face of each photo.",
+        "labels": "CSV of per-photo labels (image_name, age, gender) to copy onto each photo's faces.",
+        "min_score": "Lowest detector score of a face to keep, 0-1 (default 0.9).",
+        "overwrite": "Replace the tables of an earlier run in the output folder.",
+    }
+)
+def prepare(
+    c,
+    input,
+    output,
+    detector="mtcnn",
+    size=None,
+    margin=None,
+    largest_only=False,
+    labels=None,
+    min_score=None,
+    overwrite=False,
+):
+    """Find, align and crop the faces of a folder of photographs into a data folder."""
+    from faceage_keras.config import ConfigError
+    from faceage_keras.faces import DetectorUnavailableError, FaceDetectionError
+    from faceage_keras.prepare import prepare_folder
+    from faceage_keras.table import DataError
+
+    try:
+        options = {
+            "size": _int_or_none(size, "size"),
+            "margin": _float_or_none(margin, "margin"),
+            "min_score": _float_or_none(min_score, "min-score"),
+        }
+        summary = prepare_folder(
+            input,
+            output,
+            detector=detector,
+            largest_only=largest_only,
+            labels=labels,
+            overwrite=overwrite,
+            **{name: value for name, value in options.items() if value is not None},
+        )
+    except (ConfigError, DataError, FaceDetectionError, DetectorUnavailableError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(summary.format())
