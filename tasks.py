@@ -5,18 +5,6 @@ from invoke import Exit, task
 MODELS_HELP = "Which model to train: m1, m2, m3, m4 or m5 (default: the config's, else m1)."
 
 
-def _float_or_none(value, option):
-    """Parse a decimal option given as a string."""
-    from faceage_keras.config import ConfigError
-
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError as error:
-        raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
-
-
 def _int_or_none(value, option):
     """Parse an integer option; invoke passes options without a default as strings."""
     from faceage_keras.config import ConfigError
@@ -85,6 +73,18 @@ def train(
         raise Exit(f"error: {error}", code=2) from error
 
 
+def _float_or_none(value, option):
+    """Parse a decimal option given as a string."""
+    from faceage_keras.config import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError as error:
+        raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
+
+
 @task(
     help={
         "input": "Folder of photographs to read; subfolders are read too.",
@@ -96,6 +96,7 @@ def train(
         "labels": "CSV of per-photo labels (image_name, age, gender) to copy onto each photo's faces.",
         "min_score": "Lowest detector score of a face to keep, 0-1 (default 0.9).",
         "overwrite": "Replace the tables of an earlier run in the output folder.",
+        "max_detection_side": "Detect on photos shrunk to this longer side in pixels (faster on large scans); crops stay full resolution.",
     }
 )
 def prepare(
@@ -109,6 +110,7 @@ def prepare(
     labels=None,
     min_score=None,
     overwrite=False,
+    max_detection_side=None,
 ):
     """Find, align and crop the faces of a folder of photographs into a data folder."""
     from faceage_keras.config import ConfigError
@@ -121,6 +123,7 @@ def prepare(
             "size": _int_or_none(size, "size"),
             "margin": _float_or_none(margin, "margin"),
             "min_score": _float_or_none(min_score, "min-score"),
+            "max_detection_side": _int_or_none(max_detection_side, "max-detection-side"),
         }
         summary = prepare_folder(
             input,

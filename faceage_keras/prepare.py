@@ -61,7 +61,7 @@ _MAX_FILES_IN_SUMMARY = 10
 
 @dataclasses.dataclass
 class PrepareSummary:
-    """What `prepare_folder` read and wrote.
+    """Counts and file lists of one `prepare_folder` run.
 
     Attributes:
         output_dir: pathlib.Path. The folder written.
@@ -260,6 +260,7 @@ def prepare_folder(
     margin=0.4,
     largest_only=False,
     min_score=DEFAULT_MIN_SCORE,
+    max_detection_side=None,
     labels=None,
     overwrite=False,
     progress=True,
@@ -270,7 +271,8 @@ def prepare_folder(
         input_dir: path. Folder of photographs; subfolders are read too.
         output_dir: path. Folder to write (see the module docstring).
         detector: `FaceDetector` or the name of one.
-        size, margin, largest_only, min_score: as in `find_faces`.
+        size, margin, largest_only, min_score, max_detection_side: as in
+            `find_faces`.
         labels: path or None. CSV of per-photo labels (`image_name`, `age`,
             `gender`) to copy onto the faces of each photo. A name matches a
             photo's path relative to `input_dir`, or its file name when that
@@ -285,12 +287,12 @@ def prepare_folder(
 
     Raises:
         DataError: a folder or the labels CSV is invalid, or `output_dir`
-            holds an earlier run and `overwrite` is False.
+            contains an earlier run and `overwrite` is False.
         FaceDetectionError, DetectorUnavailableError: see `get_detector`.
     """
     input_dir = pathlib.Path(input_dir).expanduser()
     output_dir = pathlib.Path(output_dir).expanduser()
-    check_face_options(size, margin, min_score)
+    check_face_options(size, margin, min_score, max_detection_side)
     _check_output_dir(input_dir, output_dir, overwrite)
     photo_labels = read_photo_labels(labels) if labels is not None else {}
     if isinstance(detector, str):
@@ -315,7 +317,13 @@ def prepare_folder(
 
         try:
             faces = find_faces(
-                image, detector, size=size, margin=margin, largest_only=largest_only, min_score=min_score
+                image,
+                detector,
+                size=size,
+                margin=margin,
+                largest_only=largest_only,
+                min_score=min_score,
+                max_detection_side=max_detection_side,
             )
         except Exception as error:
             # One photo that breaks the detector must not stop an archive run.

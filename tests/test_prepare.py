@@ -323,7 +323,9 @@ def test_invoke_prepare_end_to_end(tmp_path):
     (photos / "readme.txt").write_text("scanned 2024\n", encoding="utf-8")
     output = tmp_path / "crops"
 
-    result = _invoke("--input", str(photos), "--output", str(output), "--size", "96", "--margin", "0.3")
+    result = _invoke(
+        "--input", str(photos), "--output", str(output), "--size", "96", "--margin", "0.3", "--max-detection-side", "600"
+    )
     assert result.returncode == 0, result.stderr
     assert "Faces written: 3" in result.stdout
     assert "Photos without a face: 1" in result.stdout
@@ -346,6 +348,8 @@ def tasks_module():
         ({"margin": "wide"}, "error: --margin must be a number"),
         ({"size": "0"}, "error: size must be a whole number"),
         ({"detector": "haar"}, "error: Unknown face detector 'haar'"),
+        ({"max_detection_side": "16"}, "error: max_detection_side must be a whole number"),
+        ({"max_detection_side": "large"}, "error: --max-detection-side must be"),
     ],
 )
 def test_prepare_task_error_exits(tasks_module, tmp_path, options, message):
