@@ -190,6 +190,18 @@ def run_all(c, grid, data=None, out=None, limit=None, epochs=None):
         raise Exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}. Reasons are in {manifest}.", code=1)
 
 
+def _float_or_none(value, option):
+    """Parse a decimal option given as a string."""
+    from faceage_keras.config import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError as error:
+        raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
+
+
 @task(
     help={
         "run": "Run folder of a finished training run.",
@@ -359,3 +371,57 @@ def report(c, runs=None, grid=None, out=None, resamples=1000, seed=0, baseline_b
     except (ConfigError, ReportError, OSError) as error:
         raise Exit(f"error: {error}", code=2) from error
     print(f"Report written to {out_dir}/report.html and {out_dir}/report.md")
+
+
+@task(
+    help={
+        "input": "Folder of photographs to read; subfolders are read too.",
+        "output": "Folder to write: images/ with the crops, labels.csv, no_face.csv and unreadable.csv.",
+        "detector": "Face detector: mtcnn (default).",
+        "size": "Side of the square face crops in pixels (default 224).",
+        "margin": "Fraction of the face box's side added on each side of it (default 0.4).",
+        "largest_only": "Keep only the largest face of each photo.",
+        "labels": "CSV of per-photo labels (image_name, age, gender) to copy onto each photo's faces.",
+        "min_score": "Lowest detector score of a face to keep, 0-1 (default 0.9).",
+        "overwrite": "Replace the tables of an earlier run in the output folder.",
+        "max_detection_side": "Detect on photos shrunk to this longer side in pixels (faster on large scans); crops stay full resolution.",
+    }
+)
+def prepare(
+    c,
+    input,
+    output,
+    detector="mtcnn",
+    size=None,
+    margin=None,
+    largest_only=False,
+    labels=None,
+    min_score=None,
+    overwrite=False,
+    max_detection_side=None,
+):
+    """Find, align and crop the faces of a folder of photographs into a data folder."""
+    from faceage_keras.config import ConfigError
+    from faceage_keras.faces import DetectorUnavailableError, FaceDetectionError
+    from faceage_keras.prepare import prepare_folder
+    from faceage_keras.table import DataError
+
+    try:
+        options = {
+            "size": _int_or_none(size, "size"),
+            "margin": _float_or_none(margin, "margin"),
+            "min_score": _float_or_none(min_score, "min-score"),
+            "max_detection_side": _int_or_none(max_detection_side, "max-detection-side"),
+        }
+        summary = prepare_folder(
+            input,
+            output,
+            detector=detector,
+            largest_only=largest_only,
+            labels=labels,
+            overwrite=overwrite,
+            **{name: value for name, value in options.items() if value is not None},
+        )
+    except (ConfigError, DataError, FaceDetectionError, DetectorUnavailableError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(summary.format())
