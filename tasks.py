@@ -22,6 +22,18 @@ def _int_or_none(value, option):
         raise ConfigError(f"--{option} must be a whole number. Received: {value!r}") from error
 
 
+def _float_or_none(value, option):
+    """Parse a decimal option given as a string."""
+    from faceage_keras.config import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError as error:
+        raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
+
+
 def _torchrun_command(nproc, nnodes, node_rank, master_addr, master_port):
     """Return the `torch.distributed.run` arguments that start `nproc` processes on this node."""
     from faceage_keras.config import ConfigError
@@ -188,18 +200,6 @@ def run_all(c, grid, data=None, out=None, limit=None, epochs=None):
     print(f"Grid manifest: {manifest}")
     if failed:
         raise Exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}. Reasons are in {manifest}.", code=1)
-
-
-def _float_or_none(value, option):
-    """Parse a decimal option given as a string."""
-    from faceage_keras.config import ConfigError
-
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError as error:
-        raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
 
 
 @task(

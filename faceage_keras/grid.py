@@ -126,7 +126,8 @@ def run_grid(grid_path, *, data=None, out_dir=None, **overrides):
     failed = []
     for index, run in enumerate(runs, start=1):
         logger.info("Grid %s: run %d of %d, %s.", name, index, len(runs), run.name)
-        entry = {"name": run.name, "model": run.model, "balance": run.balance, "run_dir": str(out_dir / run.name)}
+        # run_dir is relative to the manifest's folder, so the grid folder can be moved.
+        entry = {"name": run.name, "model": run.model, "balance": run.balance, "run_dir": run.name}
         try:
             train(run.config, data=data, run_dir=out_dir / run.name)
             entry.update(status="ok", error=None)

@@ -262,20 +262,12 @@ def find_runs(path):
 
 
 def _resolve_run_dir(run_dir, manifest_path):
-    """Resolve a manifest's run_dir against the working directory, then the manifest's folder.
-
-    `invoke run-all` writes run_dir relative to the working directory it ran
-    in, e.g. `runs/grid/m1-unbalanced` beside `runs/grid/grid.json`. Read
-    from another working directory, that path is found as the folder of the
-    same name beside the manifest.
-    """
+    """Resolve a manifest's run_dir: absolute as given, else against the manifest's folder, else the working directory."""
     path = pathlib.Path(run_dir).expanduser()
-    if path.is_absolute() or path.exists():
+    if path.is_absolute():
         return path
-    for candidate in (manifest_path.parent / path, manifest_path.parent / path.name):
-        if candidate.exists():
-            return candidate
-    return path
+    beside_manifest = manifest_path.parent / path
+    return beside_manifest if beside_manifest.exists() else path
 
 
 def read_grid_manifest(path):

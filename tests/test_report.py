@@ -338,18 +338,6 @@ def test_manifest_run_dir_relative_to_manifest(tmp_path, monkeypatch):
     assert runs[0].status == "ok"
 
 
-def test_manifest_run_dir_from_other_cwd(tmp_path, monkeypatch):
-    # As written by `invoke run-all` in tmp_path, then read from another working directory.
-    write_fake_run(tmp_path / "runs" / "grid" / "m1-unbalanced", "m1", num_faces=20, history=False)
-    entry = {"name": "m1-unbalanced", "model": "m1", "balance": "none", "run_dir": "runs/grid/m1-unbalanced", "status": "ok", "error": None}
-    manifest = _manifest(tmp_path / "runs" / "grid" / "grid.json", [entry])
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")
-    _, runs = read_grid_manifest(manifest)
-    assert runs[0].status == "ok"
-    assert runs[0].folder == tmp_path / "runs" / "grid" / "m1-unbalanced"
-
-
 def test_manifest_failed_entry(tmp_path):
     entry = {"name": "bad", "model": "m2", "balance": "oversample", "run_dir": None, "status": "failed", "error": "boom"}
     _, runs = read_grid_manifest(_manifest(tmp_path / "grid.json", [entry]))
