@@ -425,3 +425,27 @@ def prepare(
     except (ConfigError, DataError, FaceDetectionError, DetectorUnavailableError, OSError) as error:
         raise Exit(f"error: {error}", code=2) from error
     print(summary.format())
+
+
+@task(
+    help={
+        "run": "Run folder written by `invoke train`, holding best_model.keras.",
+        "format": "Export format: onnx (the only one so far).",
+        "output": "File to write (default: <run>/best_model.onnx). Its JSON description is written beside it.",
+    }
+)
+def export(c, run, format="onnx", output=None):
+    """Export the best model of a training run to ONNX, with a JSON file describing its input and outputs."""
+    import logging
+    import sys
+
+    from faceage_keras.export import ExportError, description_path, export_run
+
+    package_logger = logging.getLogger("faceage_keras")
+    package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(logging.StreamHandler(sys.stderr))
+    try:
+        path = export_run(run, format=format, output=output)
+    except (ExportError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(f"Wrote {path} and {description_path(path)}.")
