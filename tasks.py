@@ -17,6 +17,18 @@ def _int_or_none(value, option):
         raise ConfigError(f"--{option} must be a whole number. Received: {value!r}") from error
 
 
+def _log_to_console():
+    """Show the package's info messages (such as fitting the age intervals) on stderr."""
+    import logging
+
+    package_logger = logging.getLogger("faceage_keras")
+    package_logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not package_logger.handlers:
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        package_logger.addHandler(console)
+
+
 @task(
     help={
         "model": MODELS_HELP,
@@ -71,3 +83,44 @@ def train(
     except (ConfigError, DataError, ImageReadError, OSError) as error:
         # Input, option and file problems: a message without a traceback.
         raise Exit(f"error: {error}", code=2) from error
+
+
+@task(
+    help={
+        "run": "Run folder written by `invoke train` (with config.json and best_model.keras).",
+        "input": "A photo, or a folder whose files (subfolders included) are all tried as photos.",
+        "output": "CSV file to write, one row per face; written only when every photo was handled.",
+        "cropped": "Each image is one cropped face: skip face detection (face index 0, box = whole image).",
+        "batch_size": "Faces per forward pass (default: 32).",
+        "tta": "Average each prediction over the face and its mirror image.",
+        "data": "Data folder the run was trained on, when it moved (default: the one in run.json). "
+        "Needed only to fit the age intervals once.",
+    }
+)
+def predict(c, run=None, input=None, output=None, cropped=False, batch_size=None, tta=False, data=None):
+    """Predict age (with an 80% interval), age group and gender for every face in photos."""
+    from faceage_keras.config import ConfigError
+    from faceage_keras.photos import PhotoInputError, list_input_files, load_detector, predict_photos
+    from faceage_keras.predict import DEFAULT_BATCH_SIZE, Predictor
+    from faceage_keras.table import DataError
+    from faceage_keras.trained_run import RunFolderError, check_run_dir
+
+    _log_to_console()
+    try:
+        for option, value in (("run", run), ("input", input), ("output", output)):
+            if not value:
+                raise ConfigError(f"--{option} is required. See `invoke --help predict`.")
+        batch_size = _int_or_none(batch_size, "batch-size")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1. Received: {batch_size}")
+        # Run folder, input and detector problems show up before the model loads.
+        check_run_dir(run)
+        list_input_files(input)
+        detector = None if cropped else load_detector()
+        predictor = Predictor.from_run(run, data=data, tta=tta, batch_size=batch_size)
+        summary = predict_photos(predictor, input, output, cropped=cropped, detector=detector)
+    except (ConfigError, DataError, RunFolderError, PhotoInputError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(summary.format())
+
