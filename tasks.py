@@ -124,3 +124,47 @@ def predict(c, run=None, input=None, output=None, cropped=False, batch_size=None
         raise Exit(f"error: {error}", code=2) from error
     print(summary.format())
 
+
+@task(
+    help={
+        "run": "Run folder written by `invoke train`.",
+        "split": "Split of the run to measure on: test (default) or val.",
+        "data": "Data folder the run was trained on, when it moved (default: the one in run.json).",
+        "tta": "Measure the intervals of predictions averaged with the mirror image.",
+        "batch_size": "Faces per forward pass (default: 32).",
+        "throughput_faces": "Faces of the split to time prediction on (default: 512; 0 skips the timing).",
+    }
+)
+def interval_coverage(c, run=None, split="test", data=None, tta=False, batch_size=None, throughput_faces=None):
+    """Measure how often a run's 80% age intervals contain the true age, and prediction speed in faces/s."""
+    import json
+
+    from faceage_keras.config import ConfigError
+    from faceage_keras.images import ImageReadError
+    from faceage_keras.interval_calibration import coverage_report
+    from faceage_keras.predict import DEFAULT_BATCH_SIZE, Predictor, measure_throughput
+    from faceage_keras.table import DataError
+    from faceage_keras.trained_run import RunFolderError, read_split_images
+
+    _log_to_console()
+    try:
+        if not run:
+            raise ConfigError("--run is required. See `invoke --help interval-coverage`.")
+        batch_size = _int_or_none(batch_size, "batch-size")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        throughput_faces = _int_or_none(throughput_faces, "throughput-faces")
+        throughput_faces = 512 if throughput_faces is None else throughput_faces
+        if batch_size < 1 or throughput_faces < 0:
+            raise ConfigError(
+                f"--batch-size must be at least 1 and --throughput-faces at least 0. "
+                f"Received: {batch_size} and {throughput_faces}"
+            )
+        report = coverage_report(run, split=split, data=data, tta=tta, batch_size=batch_size)
+        if throughput_faces:
+            predictor = Predictor.from_run(run, data=data, tta=tta, batch_size=batch_size)
+            paths = list(read_split_images(run, split, data)["path"][:throughput_faces])
+            report["throughput_faces"] = len(paths)
+            report["faces_per_second"] = measure_throughput(predictor, paths)
+    except (ConfigError, DataError, RunFolderError, ImageReadError, OSError, ValueError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(json.dumps(report, indent=1))

@@ -133,7 +133,7 @@ class _Face:
 
 
 class _FakeDetector:
-    """Tells photos apart by width: 400 px holds two faces side by side, 300 px none, 250 px fails."""
+    """Tells photos apart by width: 400 px contains two faces side by side, 300 px none, 250 px fails."""
 
     def find(self, image):
         if image.width == 250:
