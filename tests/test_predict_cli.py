@@ -81,7 +81,11 @@ def test_cli_cropped_folder(run_dir, predictor, photo_folder, face_paths, tmp_pa
         "path": [predictor.predict(path) for path in paths],
         "PIL image": [predictor.predict(image) for image in images],
         "numpy array": [predictor.predict(np.asarray(image)) for image in images],
-        "list": list(predictor.predict_faces(paths)),
+        "list of paths": list(predictor.predict(paths).itertuples()),
+        "list of images and arrays": list(
+            predictor.predict([image if index % 2 else np.asarray(image) for index, image in enumerate(images)]).itertuples()
+        ),
+        "stacked array": list(predictor.predict(np.stack([np.asarray(image) for image in images])).itertuples()),
     }
     for kind, records in predictions.items():
         for row, record in zip(rows, records):
