@@ -259,3 +259,25 @@ def test_crash_leaves_no_partial_csv(monkeypatch, predictor, photo_folder, tmp_p
 def test_missing_input(predictor, tmp_path):
     with pytest.raises(PhotoInputError, match="not found"):
         predict_photos(predictor, tmp_path / "nowhere", tmp_path / "out.csv", cropped=True, progress=False)
+
+
+def test_real_detector_finds_pasted_faces(predictor, face_paths, tmp_path):
+    pytest.importorskip("facenet_pytorch")
+    pytest.importorskip("faceage_keras.faces", reason="face detection is not part of this checkout")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = Image.new("RGB", (900, 400), (90, 90, 90))
+    for left, face_path in zip((100, 550), face_paths[:2]):
+        with Image.open(face_path) as face:
+            photo.paste(face.convert("RGB"), (left, 100))
+    photo.save(folder / "pair.jpg", quality=95)
+    Image.new("RGB", (300, 300), (120, 120, 120)).save(folder / "wall.png")
+
+    summary = predict_photos(predictor, folder, tmp_path / "out.csv", progress=False)
+    frame = pd.read_csv(tmp_path / "out.csv")
+
+    assert summary.photos_without_faces == ["wall.png"], "the plain grey image is not reported as without faces"
+    assert list(frame["face_index"]) == [0, 1], f"expected two faces in pair.jpg, got {len(frame)}"
+    centres = ((frame["box_x0"] + frame["box_x1"]) / 2).to_numpy()
+    assert 100 < centres[0] < 300, f"the first box is centred at x = {centres[0]}, not on the left face"
+    assert 550 < centres[1] < 750, f"the second box is centred at x = {centres[1]}, not on the right face"
