@@ -109,7 +109,13 @@ def predict_table(model, table, *, tta=False, batch_size=64):
 
 
 def fit_calibration(
-    model, val_table, train_table, *, coverage=intervals.NOMINAL_COVERAGE, batch_size=64, min_bin_faces=intervals.MIN_BIN_FACES
+    model,
+    val_table,
+    train_table,
+    *,
+    coverage=intervals.NOMINAL_COVERAGE,
+    batch_size=64,
+    min_bin_faces=intervals.MIN_BIN_FACES,
 ):
     """Fit plain and TTA age intervals of `model` on the validation faces in `val_table`.
 
@@ -159,7 +165,9 @@ def _write_json_atomically(path, values):
         raise
 
 
-def write_calibration(run_dir, model=None, val_data=None, *, data=None, coverage=intervals.NOMINAL_COVERAGE, batch_size=64):
+def write_calibration(
+    run_dir, model=None, val_data=None, *, data=None, coverage=intervals.NOMINAL_COVERAGE, batch_size=64
+):
     """Fit a run's age intervals on its validation faces and write `<run_dir>/calibration.json`.
 
     Call it at the end of training, or let `Predictor.from_run` call it.

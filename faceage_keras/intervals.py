@@ -288,7 +288,14 @@ def intervals_from_dict(values):
 
 
 def fit_interval_calibration(
-    task, decoded, age_true, *, train_ages=None, train_groups=None, coverage=NOMINAL_COVERAGE, min_bin_faces=MIN_BIN_FACES
+    task,
+    decoded,
+    age_true,
+    *,
+    train_ages=None,
+    train_groups=None,
+    coverage=NOMINAL_COVERAGE,
+    min_bin_faces=MIN_BIN_FACES,
 ):
     """Fit the age intervals of a model from its decoded validation predictions.
 

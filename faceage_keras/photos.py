@@ -211,7 +211,9 @@ def _find_faces(image, source, cropped, find_faces, detector):
     ]
 
 
-def predict_photos(predictor, input_path, output, *, cropped=False, tta=None, batch_size=None, detector=None, progress=True):
+def predict_photos(
+    predictor, input_path, output, *, cropped=False, tta=None, batch_size=None, detector=None, progress=True
+):
     """Predict every face in a photo or a folder of photos and write one CSV row per face.
 
     Args:
@@ -240,7 +242,9 @@ def predict_photos(predictor, input_path, output, *, cropped=False, tta=None, ba
     input_root = pathlib.Path(input_path).expanduser()
     output = pathlib.Path(output).expanduser()
     if output.is_dir():
-        raise PhotoInputError(f"Output {output} is a folder. Pass the path of a CSV file, e.g. {output / 'predictions.csv'}.")
+        raise PhotoInputError(
+            f"Output {output} is a folder. Pass the path of a CSV file, e.g. {output / 'predictions.csv'}."
+        )
     batch_size = predictor.batch_size if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise PhotoInputError(f"Batch size must be at least 1. Received: {batch_size}")

@@ -132,7 +132,8 @@ def test_matches_evaluation(predictor, run_dir):
     expected_groups = [labels.AGE_GROUP_LABELS[group] for group in decoded["group_pred"]]
     assert list(frame["age_group"]) == expected_groups, "age group differs from evaluation"
     if predictor.task.predicts_gender:
-        prob_female = np.where(frame["gender"] == "female", frame["gender_probability"], 1 - frame["gender_probability"])
+        is_female = frame["gender"] == "female"
+        prob_female = np.where(is_female, frame["gender_probability"], 1 - frame["gender_probability"])
         np.testing.assert_allclose(prob_female, decoded["prob_female"], atol=1e-4, err_msg="P(female) differs")
     else:
         assert frame["gender"].isna().all(), "a model without a gender head reports a gender"
@@ -165,7 +166,10 @@ def test_tta_is_mean_of_views(predictor, test_paths):
     # Group models give the expected age, which is linear in the group probabilities that TTA averages.
     assert averaged.age == pytest.approx((original.age + mirror.age) / 2, abs=1e-3), "TTA age is not the mean"
     if predictor.task.predicts_gender:
-        female = [r.gender_probability if r.gender == "female" else 1 - r.gender_probability for r in (original, mirror, averaged)]
+        female = [
+            record.gender_probability if record.gender == "female" else 1 - record.gender_probability
+            for record in (original, mirror, averaged)
+        ]
         assert female[2] == pytest.approx((female[0] + female[1]) / 2, abs=1e-4), "TTA P(female) is not the mean"
 
 

@@ -57,8 +57,9 @@ def _invoke_predict(args, cwd):
 
 def test_cli_cropped_folder(run_dir, predictor, photo_folder, face_paths, tmp_path):
     output = tmp_path / "out" / "predictions.csv"
+    arguments = ["--run", str(run_dir), "--input", str(photo_folder), "--output", str(output), "--cropped"]
 
-    result = _invoke_predict(["--run", str(run_dir), "--input", str(photo_folder), "--output", str(output), "--cropped"], tmp_path)
+    result = _invoke_predict(arguments, tmp_path)
 
     assert result.returncode == 0, f"invoke predict failed:\n{result.stderr[-3000:]}"
     frame = pd.read_csv(output)
@@ -77,14 +78,13 @@ def test_cli_cropped_folder(run_dir, predictor, photo_folder, face_paths, tmp_pa
     rows = [frame.loc[source] for source in frame.index]
     paths = [by_name[pathlib.Path(source).name] for source in frame.index]
     images = [Image.open(path).convert("RGB") for path in paths]
+    mixed = [image if index % 2 else np.asarray(image) for index, image in enumerate(images)]
     predictions = {
         "path": [predictor.predict(path) for path in paths],
         "PIL image": [predictor.predict(image) for image in images],
         "numpy array": [predictor.predict(np.asarray(image)) for image in images],
         "list of paths": list(predictor.predict(paths).itertuples()),
-        "list of images and arrays": list(
-            predictor.predict([image if index % 2 else np.asarray(image) for index, image in enumerate(images)]).itertuples()
-        ),
+        "list of images and arrays": list(predictor.predict(mixed).itertuples()),
         "stacked array": list(predictor.predict(np.stack([np.asarray(image) for image in images])).itertuples()),
     }
     for kind, records in predictions.items():
@@ -253,7 +253,8 @@ def test_crash_leaves_no_partial_csv(monkeypatch, predictor, photo_folder, tmp_p
         predict_photos(predictor, photo_folder, output, cropped=True, batch_size=2, progress=False)
 
     assert output.read_text() == "previous results\n", "a crash changed the existing output"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["photos", "predictions.csv"], "a temporary file was left"
+    left_files = sorted(path.name for path in tmp_path.iterdir())
+    assert left_files == ["photos", "predictions.csv"], f"a temporary file was left: {left_files}"
 
 
 def test_missing_input(predictor, tmp_path):
