@@ -34,6 +34,18 @@ def _float_or_none(value, option):
         raise ConfigError(f"--{option} must be a number. Received: {value!r}") from error
 
 
+def _log_to_console():
+    """Show the package's info messages (such as fitting the age intervals) on stderr."""
+    import logging
+
+    package_logger = logging.getLogger("faceage_keras")
+    package_logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not package_logger.handlers:
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        package_logger.addHandler(console)
+
+
 def _torchrun_command(nproc, nnodes, node_rank, master_addr, master_port):
     """Return the `torch.distributed.run` arguments that start `nproc` processes on this node."""
     from faceage_keras.config import ConfigError
@@ -436,16 +448,96 @@ def prepare(
 )
 def export(c, run, format="onnx", output=None):
     """Export the best model of a training run to ONNX, with a JSON file describing its input and outputs."""
-    import logging
-    import sys
-
     from faceage_keras.export import ExportError, description_path, export_run
 
-    package_logger = logging.getLogger("faceage_keras")
-    package_logger.setLevel(logging.INFO)
-    package_logger.addHandler(logging.StreamHandler(sys.stderr))
+    _log_to_console()
     try:
         path = export_run(run, format=format, output=output)
     except (ExportError, OSError) as error:
         raise Exit(f"error: {error}", code=2) from error
     print(f"Wrote {path} and {description_path(path)}.")
+
+
+@task(
+    help={
+        "run": "Run folder written by `invoke train` (with config.json and best_model.keras).",
+        "input": "A photo, or a folder whose files (subfolders included) are all tried as photos.",
+        "output": "CSV file to write, one row per face; written only when every photo was handled.",
+        "cropped": "Each image is one cropped face: skip face detection (face index 0, box = whole image).",
+        "batch_size": "Faces per forward pass (default: 32).",
+        "tta": "Average each prediction over the face and its mirror image.",
+        "data": "Data folder the run was trained on, when it moved (default: the one in run.json). "
+        "Needed only to fit the age intervals once.",
+    }
+)
+def predict(c, run=None, input=None, output=None, cropped=False, batch_size=None, tta=False, data=None):
+    """Predict age (with an 80% interval), age group and gender for every face in photos."""
+    from faceage_keras.config import ConfigError
+    from faceage_keras.photos import PhotoInputError, list_input_files, load_detector, predict_photos
+    from faceage_keras.predict import DEFAULT_BATCH_SIZE, Predictor
+    from faceage_keras.table import DataError
+    from faceage_keras.trained_run import RunFolderError, check_run_dir
+
+    _log_to_console()
+    try:
+        for option, value in (("run", run), ("input", input), ("output", output)):
+            if not value:
+                raise ConfigError(f"--{option} is required. See `invoke --help predict`.")
+        batch_size = _int_or_none(batch_size, "batch-size")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1. Received: {batch_size}")
+        # Run folder, input and detector problems show up before the model loads.
+        check_run_dir(run)
+        list_input_files(input)
+        detector = None if cropped else load_detector()
+        predictor = Predictor.from_run(run, data=data, tta=tta, batch_size=batch_size)
+        summary = predict_photos(predictor, input, output, cropped=cropped, detector=detector)
+    except (ConfigError, DataError, RunFolderError, PhotoInputError, OSError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(summary.format())
+
+
+@task(
+    help={
+        "run": "Run folder written by `invoke train`.",
+        "split": "Split of the run to measure on: test (default) or val.",
+        "data": "Data folder the run was trained on, when it moved (default: the one in run.json).",
+        "tta": "Measure the intervals of predictions averaged with the mirror image.",
+        "batch_size": "Faces per forward pass (default: 32).",
+        "throughput_faces": "Faces of the split to time prediction on (default: 512; 0 skips the timing).",
+    }
+)
+def interval_coverage(c, run=None, split="test", data=None, tta=False, batch_size=None, throughput_faces=None):
+    """Measure how often a run's 80% age intervals contain the true age, and prediction speed in faces/s."""
+    import json
+
+    from faceage_keras.config import ConfigError
+    from faceage_keras.images import ImageReadError
+    from faceage_keras.interval_calibration import coverage_report
+    from faceage_keras.predict import DEFAULT_BATCH_SIZE, Predictor, measure_throughput
+    from faceage_keras.table import DataError
+    from faceage_keras.trained_run import RunFolderError, read_split_images
+
+    _log_to_console()
+    try:
+        if not run:
+            raise ConfigError("--run is required. See `invoke --help interval-coverage`.")
+        batch_size = _int_or_none(batch_size, "batch-size")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        throughput_faces = _int_or_none(throughput_faces, "throughput-faces")
+        throughput_faces = 512 if throughput_faces is None else throughput_faces
+        if batch_size < 1 or throughput_faces < 0:
+            raise ConfigError(
+                f"--batch-size must be at least 1 and --throughput-faces at least 0. "
+                f"Received: {batch_size} and {throughput_faces}"
+            )
+        report = coverage_report(run, split=split, data=data, tta=tta, batch_size=batch_size)
+        if throughput_faces:
+            predictor = Predictor.from_run(run, data=data, tta=tta, batch_size=batch_size)
+            paths = list(read_split_images(run, split, data)["path"][:throughput_faces])
+            report["throughput_faces"] = len(paths)
+            report["faces_per_second"] = measure_throughput(predictor, paths)
+    except (ConfigError, DataError, RunFolderError, ImageReadError, OSError, ValueError) as error:
+        raise Exit(f"error: {error}", code=2) from error
+    print(json.dumps(report, indent=1))

@@ -26,6 +26,7 @@ else:
 from faceage_keras.backbone import TimmBackbone  # noqa: E402
 from faceage_keras.losses import FocalLoss  # noqa: E402
 from faceage_keras.models import MODEL_NAMES, FaceAgeModel, build_model, default_compile_args  # noqa: E402
+from faceage_keras.predict import FacePrediction, Predictor  # noqa: E402
 
 __all__ = [
     "MODEL_NAMES",
@@ -34,4 +35,6 @@ __all__ = [
     "build_model",
     "FaceAgeModel",
     "default_compile_args",
+    "FacePrediction",
+    "Predictor",
 ]

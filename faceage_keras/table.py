@@ -116,7 +116,7 @@ def _read_csv(csv_path):
     raise DataError(f"{csv_path} is neither UTF-8 nor Windows-1252 text. Save it as UTF-8.")
 
 
-def _image_path(images_dir, image_name):
+def resolve_image_path(images_dir, image_name):
     """Return the path of an image, matching either Unicode normal form of the name.
 
     Raises:
@@ -171,7 +171,7 @@ def _check_row(row, images_dir, check_images):
             return None, f"group {row.group!r} is not 0-4 or one of <19, 19-29, 30-39, 40-59, 60+"
 
     try:
-        path = _image_path(images_dir, image_name)
+        path = resolve_image_path(images_dir, image_name)
     except OSError as error:
         return None, f"image name is not a valid file name here: {error.strerror or error}"
     if check_images:

@@ -101,3 +101,39 @@ def small_face_folder(tmp_path):
         (images_dir / name).symlink_to(source / "images" / name)
     selected.to_csv(folder / "labels.csv", index=False)
     return folder
+
+
+# Faces and input size of the tiny runs that prediction tests load.
+TINY_RUN_FACES = 300
+TINY_RUN_IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_run(utkface_dir, tmp_path_factory):
+    """Return a function that trains (once per model) a run of one epoch on 300 real faces at 32 px.
+
+    The runs use the tiny backbone, so each takes a few seconds. Tests must
+    not change these folders; copy one to change it.
+    """
+    from faceage_keras.config import TrainConfig
+    from faceage_keras.training import train
+
+    runs = {}
+
+    def get(model):
+        if model not in runs:
+            config = TrainConfig(
+                model=model,
+                backbone=TINY_BACKBONE,
+                weights="none",
+                image_size=TINY_RUN_IMAGE_SIZE,
+                epochs=1,
+                batch_size=32,
+                limit=TINY_RUN_FACES,
+                workers=1,
+                learning_rate=2e-3,
+            )
+            runs[model] = train(config, data=utkface_dir, run_dir=tmp_path_factory.mktemp(f"{model}_run") / "run")
+        return runs[model]
+
+    return get
