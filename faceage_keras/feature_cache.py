@@ -1,8 +1,8 @@
 """Training the heads of a frozen-backbone model from backbone features cached on disk.
 
 With a frozen backbone (BatchNorm statistics included) the features of a
-face do not change between epochs, so they are computed once and every
-epoch, and every model of a grid that shares the backbone, trains its heads
+face do not change between epochs, so they are computed once. Every epoch,
+and every model of a grid that shares the backbone, then trains its heads
 from the cache. The heads live in the full `FaceAgeModel`, so the saved
 `.keras` file works on images exactly like a model trained end to end.
 

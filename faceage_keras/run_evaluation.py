@@ -62,10 +62,10 @@ def evaluate_run(run_dir, *, data=None, eval_transform=None, label=None, batch_s
 
     Args:
         run_dir: path of a run folder written by `training.train`.
-        data: path, str or None. None scores the run's own test split (its
-            data must still exist); a data folder or `tfds:NAME[:VERSION]`
-            scores all its valid faces (cross-data-set evaluation), listing skipped rows in
-            `skipped_rows.csv`.
+        data: path, str or None. None scores the run's own test split, whose
+            data must still exist. A data folder or `tfds:NAME[:VERSION]`
+            scores all its valid faces (cross-data-set evaluation) and lists
+            the skipped rows in `skipped_rows.csv`.
         eval_transform: str or None. `"historical"` renders every face with
             the historical-photo look, seeded per face, before scoring.
         label: str or None. Name of the output folder; by default the data
