@@ -59,6 +59,24 @@ def test_load_grid_crosses_models_and_balance(tmp_path):
     assert runs[1].config.image_size == 32
 
 
+@pytest.mark.parametrize("name", ["cpu-grid", "thesis-grid"])
+def test_shipped_grid_loads(name):
+    _, runs = load_grid(REPO / "experiments" / f"{name}.toml")
+
+    assert [run.model for run in runs] == ["m1", "m1", "m2", "m2", "m3", "m3", "m4", "m4", "m5", "m5"]
+    assert [run.balance for run in runs[:2]] == ["none", "oversample"]
+    for run in runs:
+        assert run.config.model == run.model, f"{run.name} trains {run.config.model}"
+
+
+def test_historical_grid_loads():
+    _, runs = load_grid(REPO / "experiments" / "historical-grid.toml")
+
+    assert [run.name for run in runs] == ["m2-unbalanced"]
+    assert runs[0].config.augment.historical is not None
+    assert runs[0].config.cache_views == 1
+
+
 def test_load_grid_overrides_settings(tmp_path):
     grid = _write_grid(tmp_path, ["m2"], ["none"])
 
