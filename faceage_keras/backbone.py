@@ -6,6 +6,7 @@ import pathlib
 import keras
 import timm
 import torch
+from timm.models import group_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ class TimmBackbone(keras.layers.Layer):
     layers stay in inference mode, so their running statistics do not change
     during `fit`.
 
+    A trainable layer can also train only its last parameter groups (see
+    `unfreeze_last_groups`): the earlier groups then get no gradients, and
+    every submodule whose parameters all belong to them runs in inference
+    mode, so their BatchNorm statistics do not change either.
+
     Args:
         model_name: str. A timm model name, e.g. `"tf_efficientnet_lite0"`.
         weights: str or None. Where the weights come from. Defaults to `"none"`.
@@ -46,6 +52,9 @@ class TimmBackbone(keras.layers.Layer):
             the forward pass that measures the feature size. Defaults to 224.
         model_kwargs: dict or None. Extra keyword arguments for
             `timm.create_model`, e.g. `{"drop_path_rate": 0.1}`.
+        trainable_groups: int or None. Train only the last this many
+            parameter groups of a trainable layer; None trains all of them.
+            Defaults to None.
         **kwargs: Standard `keras.layers.Layer` arguments (`name`, `trainable`).
 
     Example:
@@ -53,7 +62,7 @@ class TimmBackbone(keras.layers.Layer):
     >>> features = backbone(keras.ops.zeros((2, 112, 112, 3)))  # shape (2, 1280)
     """
 
-    def __init__(self, model_name, weights="none", image_size=224, model_kwargs=None, **kwargs):
+    def __init__(self, model_name, weights="none", image_size=224, model_kwargs=None, trainable_groups=None, **kwargs):
         super().__init__(**kwargs)
 
         weights = "none" if weights is None else str(weights)
@@ -94,12 +103,63 @@ class TimmBackbone(keras.layers.Layer):
         # `trainable=False` passed to `Layer.__init__` (also on loading a saved
         # model) sets only this layer's flag. The setter also freezes the
         # wrapped module's variables, which a Keras model collects directly.
-        if not self.trainable:
-            self.trainable = False
+        self.trainable = self.trainable
+        if trainable_groups is not None:
+            self.unfreeze_last_groups(trainable_groups)
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Keras' setter makes every variable follow `value`, which ends a partial unfreeze.
+        keras.layers.Layer.trainable.fset(self, value)
+        self.trainable_groups = None
+        self._frozen_modules = []
+
+    @property
+    def parameter_groups(self):
+        """Lists of parameter names, one per group of timm's coarse `group_matcher`, from the stem to the head."""
+        module = self.network.module
+        try:
+            matcher = module.group_matcher(coarse=True)
+        except (AttributeError, NotImplementedError) as error:
+            raise ValueError(
+                f"timm model {self.model_name!r} defines no `group_matcher`, so its parameters cannot be "
+                f"split into groups to unfreeze."
+            ) from error
+        return list(group_parameters(module, matcher).values())
+
+    def unfreeze_last_groups(self, num_groups):
+        """Make the layer trainable with only its last `num_groups` parameter groups unfrozen.
+
+        Setting `trainable` afterwards applies to all parameters again.
+        Recompile the model after calling this, so that the optimizer sees
+        the new trainable variables.
+        """
+        groups = self.parameter_groups
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= len(groups):
+            raise ValueError(
+                f"`trainable_groups` must be an integer from 1 to {len(groups)}, the number of parameter groups "
+                f"of {self.model_name!r}. Received: trainable_groups={num_groups!r}"
+            )
+        frozen_names = {name for group in groups[: len(groups) - num_groups] for name in group}
+
+        self.trainable = True
+        variables = {id(variable.value): variable for variable in self.network.weights}
+        module = self.network.module
+        for name, parameter in module.named_parameters():
+            variables[id(parameter)].trainable = name not in frozen_names
+        self._frozen_modules = _frozen_submodules(module)
+        self.trainable_groups = num_groups
 
     def call(self, images, training=None):
         module = self.network.module
         module.train(bool(training) and self.trainable)
+        if training:
+            for frozen in self._frozen_modules:
+                frozen.eval()
         channels_first = keras.ops.transpose(images, (0, 3, 1, 2))
         scale = self._input_scale.to(channels_first.device)
         shift = self._input_shift.to(channels_first.device)
@@ -117,9 +177,26 @@ class TimmBackbone(keras.layers.Layer):
                 "model_name": self.model_name,
                 "image_size": self.image_size,
                 "model_kwargs": self.model_kwargs,
+                "trainable_groups": self.trainable_groups,
             }
         )
         return config
+
+
+def _frozen_submodules(module):
+    """Return the largest submodules of `module` whose parameters all have `requires_grad=False`.
+
+    Submodules without parameters of their own count with their parent, so
+    the dropout and BatchNorm layers of a frozen block are returned with it.
+    """
+    frozen = []
+    for child in module.children():
+        parameters = list(child.parameters())
+        if parameters and not any(parameter.requires_grad for parameter in parameters):
+            frozen.append(child)
+        else:
+            frozen.extend(_frozen_submodules(child))
+    return frozen
 
 
 def _create_module(model_name, weights, model_kwargs):

@@ -100,6 +100,15 @@ class SelectBestEpoch(keras.callbacks.Callback):
         self.model_to_save = model_to_save
         self.best_score = None
         self.best_epoch = None
+        self._patience_origin = -1
+
+    def restart_patience(self, epoch):
+        """Count epochs without improvement from `epoch` on, keeping the best score and epoch.
+
+        A second training stage calls this before its first epoch, so that it
+        gets `patience` epochs to beat the first stage's best score.
+        """
+        self._patience_origin = int(epoch) - 1
 
     def on_epoch_end(self, epoch, logs=None):
         score = selection_score(self.task, logs or {})
@@ -108,7 +117,7 @@ class SelectBestEpoch(keras.callbacks.Callback):
             if self.path is not None:
                 (self.model_to_save or self.model).save(self.path)
                 logger.info("Epoch %d is the best so far; saved %s.", epoch + 1, self.path)
-        elif epoch - self.best_epoch >= self.patience:
+        elif epoch - max(self.best_epoch, self._patience_origin) >= self.patience:
             logger.info("No improvement for %d epochs: stopping early.", self.patience)
             self.model.stop_training = True
 

@@ -44,6 +44,15 @@ class TrainConfig:
             cache (see `faceage_keras.feature_cache`).
         cache_views: int. Augmented views cached per training face; 0 caches
             the plain resized faces (no training augmentation).
+        finetune_stages: int. After training the heads of a frozen
+            backbone, unfreeze this many of the backbone's last parameter
+            groups (timm's coarse `group_matcher`) and train the model on
+            images for `finetune_epochs` more epochs; 0 skips this second
+            stage (see docs/finetune.md).
+        finetune_epochs: int. Maximum number of second-stage epochs.
+        finetune_learning_rate: float. Initial learning rate of the second
+            stage, stepped by `lr_step_factor` every `lr_step_epochs`
+            epochs of that stage.
         balance: str. `none`, `oversample` or `reweight` over age groups
             and genders (see `faceage_keras.balance`).
         dropout: float. Dropout rate before the heads.
@@ -81,6 +90,9 @@ class TrainConfig:
     freeze_backbone: bool = False
     cache_features: bool = False
     cache_views: int = 0
+    finetune_stages: int = 0
+    finetune_epochs: int = 2
+    finetune_learning_rate: float = 5e-5
     balance: str = "none"
     dropout: float = 0.0
     age_bias: float = 33.0
@@ -125,6 +137,11 @@ class TrainConfig:
                 "`cache_features = true` needs `freeze_backbone = true`: features of a backbone "
                 "that trains change every step."
             )
+        if self.finetune_stages and not self.freeze_backbone:
+            raise ValueError(
+                "`finetune_stages` needs `freeze_backbone = true`: without it the whole backbone already "
+                f"trains in the first stage. Received: finetune_stages={self.finetune_stages}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}. Received: optimizer={self.optimizer!r}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
@@ -147,6 +164,10 @@ class TrainConfig:
             raise ValueError(f"`lr_step_factor` must be in (0, 1]. Received: lr_step_factor={self.lr_step_factor}")
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={self.learning_rate}")
+        if self.finetune_learning_rate <= 0:
+            raise ValueError(
+                f"`finetune_learning_rate` must be positive. Received: finetune_learning_rate={self.finetune_learning_rate}"
+            )
         if self.global_clipnorm is not None and self.global_clipnorm < 0:
             raise ValueError(
                 f"`global_clipnorm` must be positive, or 0 to disable clipping. "
@@ -173,6 +194,8 @@ _RANGES = (
     ("early_stopping_patience", 1, 100_000),
     ("workers", 1, 256),
     ("cache_views", 0, 1000),
+    ("finetune_stages", 0, 1000),
+    ("finetune_epochs", 1, 100_000),
     ("limit", MIN_FACES, 10**9),
     ("seed", 0, 2**32 - 1),
     ("dropout", 0.0, 0.99),

@@ -236,6 +236,9 @@ class FaceAgeModel(keras.Model):
         weights: str or None. Backbone weights, as for `TimmBackbone`.
         image_size: int. Side of the square input images in pixels.
         freeze_backbone: bool. Freeze the backbone, BatchNorm statistics included.
+        unfrozen_backbone_groups: int. With `freeze_backbone`, train the last
+            this many parameter groups of the backbone all the same (see
+            `unfreeze_backbone_groups`); 0 keeps the whole backbone frozen.
         dropout: float. Dropout rate before the heads.
         age_bias: float. Initial bias of the age heads in years, so that
             training starts near a typical age instead of 0.
@@ -255,6 +258,7 @@ class FaceAgeModel(keras.Model):
         weights="none",
         image_size=224,
         freeze_backbone=False,
+        unfrozen_backbone_groups=0,
         dropout=0.0,
         age_bias=33.0,
         model_kwargs=None,
@@ -271,6 +275,11 @@ class FaceAgeModel(keras.Model):
             backbone, weights=weights, image_size=image_size, model_kwargs=model_kwargs, name="backbone"
         )
         feature_extractor.trainable = not freeze_backbone
+        if unfrozen_backbone_groups and not freeze_backbone:
+            raise ValueError(
+                f"`unfrozen_backbone_groups` needs `freeze_backbone=True`, because otherwise the whole backbone "
+                f"trains. Received: unfrozen_backbone_groups={unfrozen_backbone_groups}"
+            )
         head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         heads = {}
         for output_name, units in spec.heads.items():
@@ -293,9 +302,25 @@ class FaceAgeModel(keras.Model):
         self.backbone_name = backbone
         self.image_size = int(image_size)
         self.freeze_backbone = bool(freeze_backbone)
+        self.unfrozen_backbone_groups = 0
+        if unfrozen_backbone_groups:
+            self.unfreeze_backbone_groups(unfrozen_backbone_groups)
         self.dropout = float(dropout)
         self.age_bias = float(age_bias)
         self.model_kwargs = dict(model_kwargs or {})
+
+    def unfreeze_backbone_groups(self, num_groups):
+        """Train the last `num_groups` parameter groups of the frozen backbone from now on.
+
+        The groups are those of timm's coarse `group_matcher` (stem, then
+        blocks or stages, then the last convolution). The earlier groups stay
+        frozen, BatchNorm statistics included. The setting is part of the
+        saved config. Recompile before training.
+        """
+        if not self.freeze_backbone:
+            raise ValueError("`unfreeze_backbone_groups` applies to a model built with `freeze_backbone=True`.")
+        self.get_layer("backbone").unfreeze_last_groups(num_groups)
+        self.unfrozen_backbone_groups = int(num_groups)
 
     def compile(self, optimizer=None, loss=None, loss_weights=None, metrics=None, **kwargs):
         """Configure training; arguments left as None take the task's defaults."""
@@ -323,6 +348,7 @@ class FaceAgeModel(keras.Model):
             "backbone": self.backbone_name,
             "image_size": self.image_size,
             "freeze_backbone": self.freeze_backbone,
+            "unfrozen_backbone_groups": self.unfrozen_backbone_groups,
             "dropout": self.dropout,
             "age_bias": self.age_bias,
             "model_kwargs": self.model_kwargs,
@@ -343,7 +369,8 @@ def build_model(name, backbone="tf_efficientnet_lite0", weights="none", image_si
         weights: str or None. `"none"`, `"imagenet"`, `"efficientnet-lite0-package"`
             or a checkpoint path (see `TimmBackbone`).
         image_size: int. Side of the square input images in pixels.
-        **kwargs: More `FaceAgeModel` arguments (`freeze_backbone`, `dropout`, `age_bias`).
+        **kwargs: More `FaceAgeModel` arguments (`freeze_backbone`,
+            `unfrozen_backbone_groups`, `dropout`, `age_bias`).
 
     Returns:
         A `keras.Model` whose `compile()` needs no arguments.

@@ -69,18 +69,24 @@ def _start_log_file(run_dir):
     return file_handler
 
 
-def make_optimizer(config):
-    """Return the Keras optimizer the config names."""
+def make_optimizer(config, learning_rate=None):
+    """Return the Keras optimizer the config names, at `learning_rate` or else the config's."""
+    learning_rate = config.learning_rate if learning_rate is None else learning_rate
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, global_clipnorm=config.global_clipnorm)
-    return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay, global_clipnorm=config.global_clipnorm)
+        return keras.optimizers.SGD(learning_rate, momentum=config.momentum, global_clipnorm=config.global_clipnorm)
+    return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, global_clipnorm=config.global_clipnorm)
 
 
-def step_schedule(config):
-    """Return the epoch -> learning rate function: a factor every `lr_step_epochs` epochs."""
+def step_schedule(config, learning_rate=None, first_epoch=0):
+    """Return the epoch -> learning rate function: a factor every `lr_step_epochs` epochs.
+
+    The schedule starts at `learning_rate` (by default the config's) in
+    epoch `first_epoch`, the first epoch of a training stage.
+    """
+    initial = config.learning_rate if learning_rate is None else learning_rate
 
     def schedule(epoch, learning_rate=None):
-        return config.learning_rate * config.lr_step_factor ** (epoch // config.lr_step_epochs)
+        return initial * config.lr_step_factor ** ((epoch - first_epoch) // config.lr_step_epochs)
 
     return schedule
 
@@ -156,6 +162,12 @@ def train(config, *, data=None, run_dir=None, resume=False):
         `val_mae_curve.png`, `test_predictions.csv`, `metrics.json`,
         `test_scatter.png` and `residuals.png`.
     """
+    if resume and config.finetune_stages:
+        # NOTE: the checkpoint records one training stage; continuing inside or after the second is not supported.
+        raise checkpoint.ResumeError(
+            f"Run {run_dir} has a second, fine-tuning stage (finetune_stages = {config.finetune_stages}), and "
+            f"--resume cannot continue such runs. Start a new run."
+        )
     context, started_group = distributed.start_process_group()
     try:
         if resume:
@@ -210,6 +222,23 @@ def _build_model(config):
         )
     except ValueError as error:
         raise ConfigError(str(error)) from error
+
+
+def _check_finetune_stages(model, config, context):
+    if not config.finetune_stages:
+        return
+    if context.is_distributed:
+        # NOTE: the DDP wrapper built for the first stage registers only the head parameters, so backbone gradients would not be averaged.
+        raise ConfigError("finetune_stages runs in one process; drop it or --nproc.")
+    try:
+        num_groups = len(model.get_layer("backbone").parameter_groups)
+    except ValueError as error:
+        raise ConfigError(f"finetune_stages: {error}") from error
+    if config.finetune_stages > num_groups:
+        raise ConfigError(
+            f"`finetune_stages` must be at most {num_groups}, the number of parameter groups of backbone "
+            f"{config.backbone!r}. Received: finetune_stages={config.finetune_stages}"
+        )
 
 
 def _image_data(model, config, splits, context):
@@ -315,6 +344,54 @@ def _fit(fit_model, model, config, context, run_dir, train_data, val_data, state
     return select_best
 
 
+def _finetune(model, config, context, run_dir, splits, select_best, first_epoch):
+    """Train the heads and the last backbone groups on images from the best first-stage epoch on.
+
+    Epochs are numbered on from `first_epoch`, history rows are appended to
+    `history.csv`, and `select_best` keeps the first stage's best score, so
+    `best_model.keras` ends as the best epoch of both stages.
+
+    Returns:
+        The image `FaceDataset` of the test split.
+    """
+    model.load_weights(run_dir / BEST_MODEL_FILE)
+    model.unfreeze_backbone_groups(config.finetune_stages)
+    model.compile(optimizer=make_optimizer(config, learning_rate=config.finetune_learning_rate))
+    _, train_data, val_data, test_data = _image_data(model, config, splits, context)
+    backbone = model.get_layer("backbone")
+    logger.info(
+        "Fine-tuning the last %d of %d backbone parameter groups with the heads on images: %s trainable "
+        "parameters, learning rate %.3g, up to %d epochs.",
+        config.finetune_stages,
+        len(backbone.parameter_groups),
+        f"{sum(int(keras.ops.size(variable)) for variable in model.trainable_weights):,}",
+        config.finetune_learning_rate,
+        config.finetune_epochs,
+    )
+
+    select_best.restart_patience(first_epoch)
+    last_epoch = first_epoch + config.finetune_epochs
+    callbacks = [
+        ValidationMetrics(val_data),
+        keras.callbacks.LearningRateScheduler(
+            step_schedule(config, learning_rate=config.finetune_learning_rate, first_epoch=first_epoch)
+        ),
+        select_best,
+        DatasetEpoch(train_data),
+        EpochLogLine(last_epoch),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+    ]
+    model.fit(
+        train_data,
+        epochs=last_epoch,
+        initial_epoch=first_epoch,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return test_data
+
+
 def _train(config, data, run_dir, context, resume):
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -333,6 +410,7 @@ def _train(config, data, run_dir, context, resume):
         config.weights,
         f"{model.count_params():,}",
     )
+    _check_finetune_stages(model, config, context)
 
     # Data.
     splits = context.share(_load_splits(config, data_dir, run_dir, resume) if context.is_main else None)
@@ -353,9 +431,29 @@ def _train(config, data, run_dir, context, resume):
     if context.is_distributed:
         distributed.install_ddp_train_step(model, context)
     select_best = _fit(fit_model, model, config, context, run_dir, train_data, val_data, state, started)
-    train_seconds = time.monotonic() - started + (state["train_seconds"] if state else 0.0)
     if not context.is_main:
         return run_dir
+    stages = [
+        {
+            "stage": "heads" if config.freeze_backbone else "full",
+            "epochs": len(pd.read_csv(run_dir / "history.csv")),
+            "data": "cached features" if config.cache_features else "images",
+            "learning_rate": config.learning_rate,
+        }
+    ]
+    if config.finetune_stages:
+        first_epoch = stages[0]["epochs"]
+        test_data = _finetune(model, config, context, run_dir, splits, select_best, first_epoch)
+        stages.append(
+            {
+                "stage": "finetune",
+                "epochs": len(pd.read_csv(run_dir / "history.csv")) - first_epoch,
+                "data": "images",
+                "learning_rate": config.finetune_learning_rate,
+                "unfrozen_backbone_groups": config.finetune_stages,
+            }
+        )
+    train_seconds = time.monotonic() - started + (state["train_seconds"] if state else 0.0)
 
     history = pd.read_csv(run_dir / "history.csv")
     plots.plot_loss_curve(history, run_dir / "loss_curve.png", title=f"{config.model}: loss")
@@ -363,7 +461,7 @@ def _train(config, data, run_dir, context, resume):
 
     # Test evaluation of the best epoch.
     best_model = keras.models.load_model(run_dir / BEST_MODEL_FILE)
-    if config.cache_features:
+    if config.cache_features and not config.finetune_stages:
         best_model = feature_cache.head_model(best_model)
     outputs = best_model.predict(test_data, verbose=0)
     frame = predictions_frame(model.task, test_data.table, outputs)
@@ -372,7 +470,10 @@ def _train(config, data, run_dir, context, resume):
         "train_seconds": round(train_seconds, 1),
         "balance": config.balance,
         "cache_features": config.cache_features,
+        "stages": stages,
     }
+    if config.finetune_stages:
+        run_metrics["best_stage"] = "finetune" if select_best.best_epoch >= stages[0]["epochs"] else "heads"
     summary = evaluate_predictions(frame, config.model, run_dir, extra_metrics=run_metrics)
 
     logger.info(
