@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark: its quick mode on a tiny backbone, its peer process and its report."""
 
+import json
 import math
 
 import pytest
@@ -8,7 +9,9 @@ from faceage_keras.bench.__main__ import main
 from faceage_keras.bench.faces import sample_faces, write_faces_csv
 from faceage_keras.bench.peer import current_rss_mb
 from faceage_keras.bench.report import format_report
-from faceage_keras.bench.suite import BenchOptions, run_measurement
+from faceage_keras.bench.suite import BenchOptions, compare_predictions, run_measurement
+from faceage_keras.config import TrainConfig
+from faceage_keras.training import train
 
 
 def _training_pair(keras_rate, torch_rate):
@@ -74,3 +77,19 @@ def test_peer_peak_rss_is_its_own(utkface_dir, tmp_path):
     # The peer imports no torch, so its peak stays below this process, which
     # imported torch and keras; `ru_maxrss` would report at least this size.
     assert result["peak_rss_mb"] < current_rss_mb(), result
+
+
+def test_run_prediction_matches_run_metrics(small_face_folder, tmp_path, tiny_backbone):
+    config = TrainConfig(model="m1", backbone=tiny_backbone, weights="none", image_size=32, epochs=1, batch_size=16, workers=1)
+    run_dir = train(config, data=small_face_folder, run_dir=tmp_path / "run")
+    options = BenchOptions.quick(
+        data=str(small_face_folder), run=str(run_dir), backbones=(tiny_backbone,), image_sizes=(32,), threads=1
+    )
+
+    ours, peer = compare_predictions(options)
+
+    expected = json.loads((run_dir / "metrics.json").read_text())
+    assert ours["trained"]
+    assert ours["faces"] == expected["num_faces"], "quick mode takes up to 40 faces, more than this test split has"
+    assert ours["mae"] == pytest.approx(expected["mae"], abs=1e-4)
+    assert peer["faces"] == ours["faces"]

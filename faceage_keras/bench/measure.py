@@ -34,6 +34,8 @@ BENCH_MODEL = "m1"
 RUN_MODEL_FILE = "best_model.keras"
 
 
+# NOTE: the CUDA branches (device placement, synchronisation before reading
+# the clock) have not been run yet; every measurement so far ran on CPUs.
 def _synchronize():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -110,17 +112,22 @@ def _focal_loss(logits, target, alpha, gamma):
 
 
 def torch_train_step(spec):
-    """Time a plain PyTorch loop with the same timm model, heads, losses, optimizer and batch as m1."""
+    """Time a plain PyTorch loop with the same timm model, heads, losses, optimizer and batch as m1.
+
+    Like the Keras model, the loop takes the channels-last float batch from
+    host memory in every step and permutes it to NCHW, so both hand the
+    backbone a tensor with the same strides.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = timm.create_model(spec["backbone"], pretrained=False, num_classes=0).to(device)
     network.train()
     images, ages, genders = _random_batch(spec["batch_size"], spec["image_size"])
-    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+    images = torch.from_numpy(images)
     ages = torch.from_numpy(ages)[:, None].to(device)
     genders = torch.from_numpy(genders).to(device)
 
     with torch.no_grad():
-        num_features = network(images[:2]).shape[1]
+        num_features = network(images[:2].to(device).permute(0, 3, 1, 2)).shape[1]
     age_head = torch.nn.Linear(num_features, 1).to(device)
     gender_head = torch.nn.Linear(num_features, 2).to(device)
     parameters = [*network.parameters(), *age_head.parameters(), *gender_head.parameters()]
@@ -131,7 +138,7 @@ def torch_train_step(spec):
 
     step_ends = []
     for _ in range(spec["warmup"] + spec["steps"]):
-        features = network(images)
+        features = network(images.to(device).permute(0, 3, 1, 2))
         loss = F.mse_loss(age_head(features), ages) + GENDER_LOSS_WEIGHT * _focal_loss(
             gender_head(features), genders, alpha, gender_loss.gamma
         )

