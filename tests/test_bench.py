@@ -38,6 +38,8 @@ def test_quick_mode_writes_training_table(tmp_path, tiny_backbone, monkeypatch):
     assert torch_rate > 0
     assert ratio == pytest.approx(keras_rate / torch_rate, abs=0.02)
     assert "## Input pipeline" not in report, "without data the pipeline measurements must be left out"
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert raw["results"]["training"][0][0]["images_per_second"] == pytest.approx(keras_rate, abs=0.05)
 
 
 def test_report_ratio_and_target():

@@ -57,7 +57,7 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report)
-    print(f"Report written to {args.out}.", file=sys.stderr)
+    print(f"Report written to {args.out}, raw results next to it as JSON.", file=sys.stderr)
     return 0
 
 

@@ -163,12 +163,16 @@ def compare_predictions(options):
 
 
 def write_report(options, out, command):
-    """Run the benchmark, write its markdown report to `out` and return the report."""
+    """Run the benchmark, write its markdown report to `out` and return the report.
+
+    The raw results go next to the report, with the suffix `.json` in place
+    of the report's suffix, for comparisons that the tables leave out.
+    """
     machine, results = run_bench(options)
     report = format_report(machine, results, command)
-    directory = os.path.dirname(out)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(out, "w") as file:
-        file.write(report)
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    raw = {"command": command, "machine": machine, "results": results}
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
     return report
