@@ -51,9 +51,42 @@ def test_report_ratio_and_target():
     assert "about 500 MiB" in report
 
 
+def test_report_marks_failed_measurement():
+    keras_result, torch_result = _training_pair(50.0, 100.0)
+    failed = {"spec": torch_result["spec"] | {"kind": "torch_train_step"}, "error": "Measurement failed with exit code 1."}
+    results = {"training": [(keras_result, failed)], "pipeline": [], "pipeline_step": [], "prediction": None}
+
+    report = format_report({"cores": 2}, results, "python -m faceage_keras.bench", failed=[failed])
+
+    assert "| resnet18 | 112 | 8 | 50.0 | failed | - | - | 900 | failed |" in report
+    assert "- `torch_train_step`: Measurement failed with exit code 1." in report
+
+
+def test_failed_process_becomes_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("FACEAGE_DATA", raising=False)
+    out = tmp_path / "bench.md"
+
+    code = main(["--quick", "--backbones", "not_a_timm_model", "--sizes", "32", "--threads", "1", "--out", str(out)])
+
+    assert code == 1
+    assert "| not_a_timm_model | 32 | 8 | failed | failed |" in out.read_text()
+
+
 def test_options_reject_zero_warmup():
     with pytest.raises(ValueError, match="warmup"):
         BenchOptions(warmup=0)
+
+
+def test_options_reject_run_without_results(tmp_path, small_face_folder):
+    (tmp_path / "config.json").write_text("{}")
+
+    with pytest.raises(ValueError, match="best_model.keras is missing"):
+        BenchOptions(data=str(small_face_folder), run=str(tmp_path))
+
+
+def test_options_reject_folder_without_labels(tmp_path):
+    with pytest.raises(ValueError, match="labels.csv"):
+        BenchOptions(data=str(tmp_path))
 
 
 def test_pipeline_measurement_on_real_faces(utkface_dir):

@@ -6,7 +6,14 @@ import os
 import shlex
 import sys
 
-from faceage_keras.bench.suite import DEFAULT_BACKBONES, DEFAULT_IMAGE_SIZES, BenchOptions, MeasurementError, write_report
+from faceage_keras.bench.suite import (
+    DEFAULT_BACKBONES,
+    DEFAULT_IMAGE_SIZES,
+    BenchOptions,
+    MeasurementError,
+    failed_measurements,
+    write_report,
+)
 
 DEFAULT_OUT = "docs/benchmarks.md"
 
@@ -38,7 +45,7 @@ def parse_args(argv):
 
 def options_from_args(args):
     """Build `BenchOptions` from parsed arguments; options left out take the defaults of the mode."""
-    settings = {"data": args.data, "run": args.run, "backbones": args.backbones, "image_sizes": args.sizes,
+    settings = {"data": args.data or None, "run": args.run or None, "backbones": args.backbones, "image_sizes": args.sizes,
                 "threads": args.threads, "timeout": args.timeout}  # fmt: skip
     for name in ("batch_size", "warmup", "steps", "faces"):
         if getattr(args, name) is not None:
@@ -52,12 +59,16 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         options = options_from_args(args)
-        report = write_report(options, args.out, "python -m faceage_keras.bench " + shlex.join(argv))
+        report, results = write_report(options, args.out, "python -m faceage_keras.bench " + shlex.join(argv))
     except (ValueError, FileNotFoundError, MeasurementError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report)
     print(f"Report written to {args.out}, raw results next to it as JSON.", file=sys.stderr)
+    failed = failed_measurements(results)
+    if failed:
+        print(f"error: {len(failed)} measurement(s) failed; see the end of the report.", file=sys.stderr)
+        return 1
     return 0
 
 

