@@ -169,7 +169,7 @@ def _run_options(options):
         "sizes": "Comma-separated image sides in pixels (default: 112,224).",
         "batch_size": "Images per training step (default 64, quick 8).",
         "steps": "Timed steps per measurement (default 20, quick 3).",
-        "warmup": "Untimed steps before the timed ones (default 3, quick 1).",
+        "warmup": "Untimed steps before the timed ones (default 3, quick 2).",
         "faces": "Faces of the prediction comparison (default 500, quick 40).",
         "threads": "torch intra-op threads per measurement (default: torch's choice).",
     },

@@ -35,7 +35,7 @@ def parse_args(argv):
     parser.add_argument("--backbones", type=_names, default=DEFAULT_BACKBONES, help="Comma-separated timm model names.")
     parser.add_argument("--sizes", type=_sizes, default=DEFAULT_IMAGE_SIZES, help="Comma-separated image sides in pixels.")
     parser.add_argument("--batch-size", type=int, help="Images per training step (default 64, quick 8).")
-    parser.add_argument("--warmup", type=int, help="Untimed steps before the timed ones (default 3, quick 1).")
+    parser.add_argument("--warmup", type=int, help="Untimed steps before the timed ones (default 3, quick 2).")
     parser.add_argument("--steps", type=int, help="Timed steps per measurement (default 20, quick 3).")
     parser.add_argument("--faces", type=int, help="Faces of the prediction comparison (default 500, quick 40).")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per measurement (default: torch's choice).")

@@ -50,9 +50,13 @@ def _random_batch(batch_size, image_size, seed=0):
 
 
 def _images_per_second(step_ends, warmup, batch_size):
-    """Return the rate over the steps after `warmup`, from the end time of every step."""
-    timed_steps = len(step_ends) - warmup
-    return batch_size * timed_steps / (step_ends[-1] - step_ends[warmup - 1])
+    """Return `batch_size` over the median duration of the steps after `warmup`, from each step's end time.
+
+    The median rather than the mean keeps a few steps slowed by other
+    processes on a shared machine from dominating the rate.
+    """
+    durations = np.diff(np.asarray(step_ends[warmup - 1 :], dtype="float64"))
+    return batch_size / float(np.median(durations))
 
 
 class _RepeatedBatch(keras.utils.PyDataset):
@@ -175,12 +179,11 @@ def pipeline(spec):
     for index in range(spec["warmup"]):
         dataset[index]
 
-    started = time.perf_counter()
+    batch_ends = [time.perf_counter()]
     with concurrent.futures.ThreadPoolExecutor(spec["workers"]) as pool:
         for _ in pool.map(dataset.__getitem__, range(spec["warmup"], num_batches)):
-            pass
-    elapsed = time.perf_counter() - started
-    return {"images_per_second": spec["batch_size"] * spec["steps"] / elapsed}
+            batch_ends.append(time.perf_counter())
+    return {"images_per_second": _images_per_second(batch_ends, 1, spec["batch_size"])}
 
 
 def pipeline_train_step(spec):

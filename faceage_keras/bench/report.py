@@ -210,7 +210,14 @@ def format_report(machine, results, command, failed=()):
         command: str. The command line that produced the results.
         failed: sequence of results with an `error`, listed at the end.
     """
-    lines = ["# Benchmarks", "", f"Command: `{command}`", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Training and pipeline rates are the batch size over the median time of the timed steps (batches).",
+        "",
+    ]
     lines += _table(["machine", ""], [[key, value] for key, value in machine.items()])
     lines += [""] + _training_section(results["training"])
     if results["pipeline"] or results["pipeline_step"]:

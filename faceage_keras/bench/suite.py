@@ -77,7 +77,7 @@ class BenchOptions:
     @classmethod
     def quick(cls, **overrides):
         """Return options for a check that every measurement runs: few steps, small batches."""
-        settings = {"batch_size": 8, "warmup": 1, "steps": 3, "faces": 40}
+        settings = {"batch_size": 8, "warmup": 2, "steps": 3, "faces": 40}
         settings.update(overrides)
         return cls(**settings)
 
