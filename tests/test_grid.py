@@ -59,6 +59,13 @@ def test_load_grid_crosses_models_and_balance(tmp_path):
     assert runs[1].config.image_size == 32
 
 
+def test_uncached_grid_loads():
+    _, runs = load_grid(REPO / "experiments" / "cpu-grid-uncached.toml")
+
+    assert [run.name for run in runs] == ["m1-unbalanced", "m2-unbalanced", "m3-unbalanced", "m4-unbalanced", "m5-unbalanced"]
+    assert all(run.config.freeze_backbone and not run.config.cache_features for run in runs)
+
+
 @pytest.mark.parametrize("name", ["cpu-grid", "thesis-grid"])
 def test_shipped_grid_loads(name):
     _, runs = load_grid(REPO / "experiments" / f"{name}.toml")
