@@ -557,15 +557,17 @@ def interval_coverage(c, run=None, split="test", data=None, tta=False, batch_siz
         "warmup": "Untimed steps before the timed ones (default 3, quick 2).",
         "faces": "Faces of the prediction comparison (default 500, quick 40).",
         "threads": "torch intra-op threads per measurement (default: torch's choice).",
+        "repeats": "Alternating runs of each Keras and PyTorch training measurement; the median is reported (default 3, quick 1).",
     },
 )
 def bench(c, out=None, quick=False, data=None, run=None, backbones=None, sizes=None, batch_size=None,
-          steps=None, warmup=None, faces=None, threads=None):  # fmt: skip
+          steps=None, warmup=None, faces=None, threads=None, repeats=None):  # fmt: skip
     """Measure training, input pipeline and prediction speed and memory; write a markdown report."""
     from faceage_keras.bench.__main__ import main
 
     values = {"--out": out, "--data": data, "--run": run, "--backbones": backbones, "--sizes": sizes,
-              "--batch-size": batch_size, "--steps": steps, "--warmup": warmup, "--faces": faces, "--threads": threads}  # fmt: skip
+              "--batch-size": batch_size, "--steps": steps, "--warmup": warmup, "--faces": faces, "--threads": threads,
+              "--repeats": repeats}  # fmt: skip
     argv = ["--quick"] if quick else []
     for option, value in values.items():
         if value is not None:

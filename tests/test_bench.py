@@ -9,6 +9,7 @@ from faceage_keras.bench.__main__ import main
 from faceage_keras.bench.faces import sample_faces, write_faces_csv
 from faceage_keras.bench.peer import current_rss_mb
 from faceage_keras.bench.report import format_report
+from faceage_keras.bench import suite
 from faceage_keras.bench.suite import BenchOptions, compare_predictions, run_measurement
 from faceage_keras.config import TrainConfig
 from faceage_keras.training import train
@@ -128,3 +129,23 @@ def test_run_prediction_matches_run_metrics(small_face_folder, tmp_path, tiny_ba
     assert ours["faces"] == expected["num_faces"], "quick mode takes up to 40 faces, more than this test split has"
     assert ours["mae"] == pytest.approx(expected["mae"], abs=1e-4)
     assert peer["faces"] == ours["faces"]
+
+
+def test_repeated_runs_report_median():
+    runs = [
+        {"images_per_second": 10.0, "peak_rss_mb": 100.0},
+        {"images_per_second": 30.0, "peak_rss_mb": 120.0},
+        {"images_per_second": 20.0, "peak_rss_mb": 110.0},
+    ]
+
+    merged = suite._median_result(runs)
+
+    assert merged["images_per_second"] == 20.0
+    assert merged["repeat_rates"] == [10.0, 30.0, 20.0]
+    assert merged["peak_rss_mb"] == 120.0
+
+
+def test_repeated_runs_keep_failure():
+    runs = [{"images_per_second": 10.0, "peak_rss_mb": 100.0}, {"spec": {}, "error": "timed out"}]
+
+    assert suite._median_result(runs)["error"] == "timed out"

@@ -39,6 +39,7 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, help="Timed steps per measurement (default 20, quick 3).")
     parser.add_argument("--faces", type=int, help="Faces of the prediction comparison (default 500, quick 40).")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per measurement (default: torch's choice).")
+    parser.add_argument("--repeats", type=int, help="Alternating runs of each training measurement, median reported (default 3, quick 1).")
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds one measurement may take (default 1800).")
     return parser.parse_args(argv)
 
@@ -47,7 +48,7 @@ def options_from_args(args):
     """Build `BenchOptions` from parsed arguments; options left out take the defaults of the mode."""
     settings = {"data": args.data or None, "run": args.run or None, "backbones": args.backbones, "image_sizes": args.sizes,
                 "threads": args.threads, "timeout": args.timeout}  # fmt: skip
-    for name in ("batch_size", "warmup", "steps", "faces"):
+    for name in ("batch_size", "warmup", "steps", "faces", "repeats"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     return BenchOptions.quick(**settings) if args.quick else BenchOptions(**settings)

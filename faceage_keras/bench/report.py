@@ -104,9 +104,19 @@ def _training_section(results):
     intro = (
         "Model m1 (age + gender heads) with random weights: `model.fit` after `compile()` with the "
         "package defaults, against a plain PyTorch loop over the same timm model, heads, losses, "
-        "SGD settings and in-memory batch."
+        "SGD settings and in-memory batch. Each measurement runs in its own process. With repeats, the "
+        "Keras and PyTorch processes alternate and each rate is the median of its runs (all runs below)."
     )
     lines = ["## Training step", "", intro, "", *_table(header, rows)]
+    repeat_rows = [
+        [pair[0]["spec"]["backbone"], pair[0]["spec"]["image_size"],
+         ", ".join(f"{rate:.1f}" for rate in pair[0]["repeat_rates"]),
+         ", ".join(f"{rate:.1f}" for rate in pair[1]["repeat_rates"])]
+        for pair in results
+        if all("repeat_rates" in result for result in pair)
+    ]  # fmt: skip
+    if repeat_rows:
+        lines += ["", *_table(["backbone", "px", "Keras runs, images/s", "PyTorch runs, images/s"], repeat_rows)]
     baselines = [_value(result, "import_rss_mb") for pair in results for result in pair]
     baselines = [value for value in baselines if value is not None]
     if baselines:

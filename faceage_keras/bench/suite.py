@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,9 @@ class BenchOptions:
         faces: int. Faces of the prediction comparison.
         threads: int or None. torch intra-op threads in every measurement
             (None: torch's default).
+        repeats: int. Runs of each Keras and PyTorch training measurement,
+            alternating the two, whose median rate is reported. One process
+            differs from the next by several percent on a shared machine.
         timeout: float. Seconds one measurement may take.
     """
 
@@ -54,10 +58,11 @@ class BenchOptions:
     steps: int = 20
     faces: int = 500
     threads: int = None
+    repeats: int = 3
     timeout: float = 1800.0
 
     def __post_init__(self):
-        for name, low in (("batch_size", 2), ("warmup", 1), ("steps", 1), ("faces", 1)):
+        for name, low in (("batch_size", 2), ("warmup", 1), ("steps", 1), ("faces", 1), ("repeats", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be a whole number of at least {low}. Received: {name}={value!r}")
@@ -77,7 +82,7 @@ class BenchOptions:
     @classmethod
     def quick(cls, **overrides):
         """Return options for a check that every measurement runs: few steps, small batches."""
-        settings = {"batch_size": 8, "warmup": 2, "steps": 3, "faces": 40}
+        settings = {"batch_size": 8, "warmup": 2, "steps": 3, "faces": 40, "repeats": 1}
         settings.update(overrides)
         return cls(**settings)
 
@@ -120,6 +125,29 @@ def _measure_or_record(spec, timeout):
         return {"spec": spec, "error": str(error)}
 
 
+def _median_result(runs):
+    """Merge repeated runs of one measurement: the median rate, every rate, the largest peak memory."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    merged = dict(runs[0])
+    rates = [run["images_per_second"] for run in runs]
+    merged["images_per_second"] = float(statistics.median(rates))
+    merged["repeat_rates"] = rates
+    merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    return merged
+
+
+def _training_pair(spec, options):
+    """Measure the Keras and the PyTorch training step `options.repeats` times each, alternating which goes first."""
+    kinds = ("keras_train_step", "torch_train_step")
+    runs = {kind: [] for kind in kinds}
+    for repeat in range(options.repeats):
+        for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
+            runs[kind].append(_measure_or_record({"kind": kind, **spec}, options.timeout))
+    return tuple(_median_result(runs[kind]) for kind in kinds)
+
+
 def _load_average():
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -138,11 +166,7 @@ def run_bench(options):
     for backbone in options.backbones:
         for image_size in options.image_sizes:
             spec = {"backbone": backbone, "image_size": image_size, **_common(options)}
-            pair = tuple(
-                _measure_or_record({"kind": kind, **spec}, options.timeout)
-                for kind in ("keras_train_step", "torch_train_step")
-            )
-            results["training"].append(pair)
+            results["training"].append(_training_pair(spec, options))
 
     if options.data is None:
         logger.warning("No data folder: the input pipeline and prediction measurements are left out.")
