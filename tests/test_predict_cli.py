@@ -50,9 +50,9 @@ def photo_folder(tmp_path, face_paths):
     return folder
 
 
-def _invoke_predict(args, cwd):
+def _invoke_predict(args, cwd, env=None):
     command = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "predict", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env or dict(os.environ))
 
 
 def test_cli_cropped_folder(run_dir, predictor, photo_folder, face_paths, tmp_path):
@@ -227,11 +227,15 @@ def test_detector_package_missing(fake_faces_module, predictor, face_paths, tmp_
 
 
 def test_cli_without_detection(run_dir, face_paths, tmp_path):
-    if importlib.util.find_spec("faceage_keras.faces") is not None:
-        pytest.skip("faceage_keras.faces is installed here, so detection is available")
+    # A facenet_pytorch package that fails to import stands in for a machine without it.
+    blocker = tmp_path / "blocked" / "facenet_pytorch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'facenet_pytorch'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
     output = tmp_path / "predictions.csv"
 
-    result = _invoke_predict(["--run", str(run_dir), "--input", str(face_paths[0]), "--output", str(output)], tmp_path)
+    arguments = ["--run", str(run_dir), "--input", str(face_paths[0]), "--output", str(output)]
+    result = _invoke_predict(arguments, tmp_path, env=env)
 
     assert result.returncode == 2, f"expected exit code 2, got {result.returncode}"
     assert "--cropped" in result.stderr, f"the error does not suggest --cropped:\n{result.stderr[-2000:]}"
