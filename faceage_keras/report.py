@@ -500,6 +500,19 @@ def _gender_section(document, inputs, figures_dir):
     section.figure(Figure("Gender confusion matrices", path, "Cells: faces and share of the true gender."))
 
 
+def _add_reliability_figure(section, runs, inputs, kind, path, *, title, xlabel, ylabel, caption):
+    """Add one reliability diagram per run that has `<kind>_reliability` (`kind`: gender or group)."""
+    panels = []
+    for run in runs:
+        summary = inputs.summaries[run.name]
+        curve = getattr(summary, f"{kind}_reliability")
+        if curve is not None:
+            panels.append(Panel(_panel_title(run), (Series("", (curve, getattr(summary, f"{kind}_ece"))),)))
+    if panels:
+        path = report_figures.plot_reliability(panels, path, title=title, xlabel=xlabel, ylabel=ylabel)
+        section.figure(Figure(caption, path))
+
+
 def _calibration_section(document, inputs, figures_dir):
     section = document.section("Calibration")
     finished = inputs.finished
@@ -547,35 +560,16 @@ def _calibration_section(document, inputs, figures_dir):
         group = _value(table, summary.group_ece, 3, "the model has no age-group head (only M3 and M4 have one)")
         table.add_row([run.name, _model_name(run), gender, group])
 
-    gender_runs = [run for run in finished if inputs.summaries[run.name].gender_reliability is not None]
-    if gender_runs:
-        panels = [
-            Panel(_panel_title(run), (Series("", (inputs.summaries[run.name].gender_reliability, inputs.summaries[run.name].gender_ece)),))
-            for run in gender_runs
-        ]
-        path = report_figures.plot_reliability(
-            panels,
-            figures_dir / "gender_reliability.png",
-            title="Reliability of P(female)",
-            xlabel="Predicted P(female)",
-            ylabel="Share of women",
-        )
-        section.figure(Figure("Gender reliability diagrams", path))
-
-    group_runs = [run for run in finished if inputs.summaries[run.name].group_reliability is not None]
-    if group_runs:
-        panels = [
-            Panel(_panel_title(run), (Series("", (inputs.summaries[run.name].group_reliability, inputs.summaries[run.name].group_ece)),))
-            for run in group_runs
-        ]
-        path = report_figures.plot_reliability(
-            panels,
-            figures_dir / "age_group_reliability.png",
-            title="Reliability of the age-group probabilities (top label)",
-            xlabel="Probability of the predicted group",
-            ylabel="Accuracy",
-        )
-        section.figure(Figure("Age-group reliability diagrams", path))
+    _add_reliability_figure(
+        section, finished, inputs, "gender", figures_dir / "gender_reliability.png",
+        title="Reliability of P(female)", xlabel="Predicted P(female)", ylabel="Share of women",
+        caption="Gender reliability diagrams",
+    )  # fmt: skip
+    _add_reliability_figure(
+        section, finished, inputs, "group", figures_dir / "age_group_reliability.png",
+        title="Reliability of the age-group probabilities (top label)", xlabel="Probability of the predicted group",
+        ylabel="Accuracy", caption="Age-group reliability diagrams",
+    )  # fmt: skip
 
 
 def _file_name(text):
