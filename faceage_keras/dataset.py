@@ -18,6 +18,32 @@ def normalize(pixels):
     return np.asarray(pixels, dtype="float32") / 127.5 - 1.0
 
 
+def epoch_order(groups, genders, *, training, balance, seed, epoch):
+    """Return the face indices of one epoch: in row order for evaluation, else shuffled or oversampled.
+
+    The order depends only on `seed` and `epoch`, so a resumed run sees the
+    same epochs as an uninterrupted one.
+    """
+    if not training:
+        return np.arange(len(groups))
+    rng = np.random.default_rng([seed, epoch])
+    if balance == "oversample":
+        return oversampled_order(groups, genders, rng)
+    return rng.permutation(len(groups))
+
+
+def num_batches(num_faces, batch_size, *, training):
+    """Return the number of batches of an epoch of `num_faces` faces.
+
+    A training batch of one face breaks BatchNorm in train mode, so a last
+    batch of one is left out. The next epoch's shuffle includes that face.
+    """
+    count = math.ceil(num_faces / batch_size)
+    if training and count > 1 and num_faces % batch_size == 1:
+        count -= 1
+    return count
+
+
 class FaceDataset(keras.utils.PyDataset):
     """Batches of normalised face images with the targets a model needs.
 
@@ -91,21 +117,12 @@ class FaceDataset(keras.utils.PyDataset):
         self._order = self._epoch_order()
 
     def _epoch_order(self):
-        if not self.training:
-            return np.arange(len(self.table))
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.balance == "oversample":
-            return oversampled_order(self._groups, self._genders, rng)
-        return rng.permutation(len(self.table))
+        return epoch_order(
+            self._groups, self._genders, training=self.training, balance=self.balance, seed=self.seed, epoch=self.epoch
+        )
 
     def __len__(self):
-        # A training batch of one face breaks BatchNorm in train mode, so a
-        # last batch of one is left out. The next epoch's shuffle includes it.
-        num_faces = len(self._order)
-        num_batches = math.ceil(num_faces / self.batch_size)
-        if self.training and num_batches > 1 and num_faces % self.batch_size == 1:
-            num_batches -= 1
-        return num_batches
+        return num_batches(len(self._order), self.batch_size, training=self.training)
 
     def set_epoch(self, epoch):
         """Select the epoch whose shuffle and augmentation the following batches use."""

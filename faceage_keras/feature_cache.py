@@ -21,8 +21,8 @@ import pathlib
 import keras
 import numpy as np
 
-from faceage_keras.balance import check_balance, inverse_frequency_weights, oversampled_order
-from faceage_keras.dataset import FaceDataset, normalize
+from faceage_keras.balance import check_balance, inverse_frequency_weights
+from faceage_keras.dataset import FaceDataset, epoch_order, normalize, num_batches
 from faceage_keras.models import GenderGatedAge
 
 logger = logging.getLogger(__name__)
@@ -192,19 +192,12 @@ class FeatureDataset(keras.utils.PyDataset):
         self._order = self._epoch_order()
 
     def _epoch_order(self):
-        if not self.training:
-            return np.arange(len(self.table))
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.balance == "oversample":
-            return oversampled_order(self._groups, self._genders, rng)
-        return rng.permutation(len(self.table))
+        return epoch_order(
+            self._groups, self._genders, training=self.training, balance=self.balance, seed=self.seed, epoch=self.epoch
+        )
 
     def __len__(self):
-        # As in FaceDataset: a training batch of one face is left out.
-        num_batches = math.ceil(len(self._order) / self.batch_size)
-        if self.training and num_batches > 1 and len(self._order) % self.batch_size == 1:
-            num_batches -= 1
-        return num_batches
+        return num_batches(len(self._order), self.batch_size, training=self.training)
 
     def __getitem__(self, batch_index):
         if not 0 <= batch_index < len(self):
