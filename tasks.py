@@ -174,6 +174,12 @@ def train(
     except (ConfigError, DataError, ImageReadError, ResumeError, OSError) as error:
         # Input, option and file problems: a message without a traceback.
         raise Exit(f"error: {error}", code=2) from error
+    except KeyboardInterrupt:
+        raise Exit(
+            "error: training interrupted. A run folder with a finished epoch continues with "
+            "`invoke train --resume RUN_DIR` (its path is in the log above).",
+            code=130,
+        ) from None
 
 
 def _run_options(options):
@@ -462,7 +468,7 @@ def export(c, run, format="onnx", output=None):
     help={
         "run": "Run folder written by `invoke train` (with config.json and best_model.keras).",
         "input": "A photo, or a folder whose files (subfolders included) are all tried as photos.",
-        "output": "CSV file to write, one row per face; written only when every photo was handled.",
+        "output": "CSV file to write, one row per face. It is written at the end, so an interrupted run leaves no partial file.",
         "cropped": "Each image is one cropped face: skip face detection (face index 0, box = whole image).",
         "batch_size": "Faces per forward pass (default: 32).",
         "tta": "Average each prediction over the face and its mirror image.",
@@ -496,6 +502,8 @@ def predict(c, run=None, input=None, output=None, cropped=False, batch_size=None
     except (ConfigError, DataError, RunFolderError, PhotoInputError, OSError) as error:
         raise Exit(f"error: {error}", code=2) from error
     print(summary.format())
+    if summary.photos == 0:
+        raise Exit(f"error: no file of {input} could be read as an image; see the skipped files above.", code=1)
 
 
 @task(

@@ -25,7 +25,8 @@ import pathlib
 import tomllib
 import traceback
 
-from faceage_keras.config import ConfigError, load_config
+from faceage_keras.config import ConfigError, TrainConfig, load_config
+from faceage_keras.models import MODEL_NAMES
 from faceage_keras.training import train
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,16 @@ def load_grid(path, **overrides):
     if not isinstance(models, list) or not models or not isinstance(balances, list) or not balances:
         raise ConfigError(f"`models` and `balance` in {path} must be non-empty lists.")
 
+    unknown_models = sorted(set(map(str, models)) - set(MODEL_NAMES))
+    if unknown_models:
+        raise ConfigError(f"Unknown model(s) {unknown_models} in grid file {path}. Expected some of {list(MODEL_NAMES)}.")
     settings = dict(grid.get("settings", {}))
+    known_settings = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown_settings = sorted(set(settings) - known_settings)
+    if unknown_settings:
+        raise ConfigError(
+            f"Unknown key(s) {unknown_settings} in [settings] of grid file {path}. Accepted keys: {sorted(known_settings)}"
+        )
     runs = []
     for model in models:
         config_path = path.parent / str(grid["config"]).format(model=model)

@@ -57,6 +57,27 @@ def _test_table(run_dir, data):
     return load_face_table(data, skip_bad_rows=True)
 
 
+def _data_name(data):
+    """Return how `evaluation.json` names the data: None, a `tfds:` spec as given, or an absolute folder."""
+    if data is None or str(data).startswith("tfds:"):
+        return None if data is None else str(data)
+    return str(pathlib.Path(data).resolve())
+
+
+def _check_same_evaluation(out_dir, data_name, eval_transform):
+    """Raise DataError when `out_dir` contains an evaluation of other data or another transform."""
+    info_path = out_dir / "evaluation.json"
+    if not info_path.is_file():
+        return
+    earlier = json.loads(info_path.read_text())
+    if (earlier.get("data"), earlier.get("eval_transform")) != (data_name, eval_transform):
+        raise DataError(
+            f"{out_dir} contains an evaluation of data {earlier.get('data')!r} with eval transform "
+            f"{earlier.get('eval_transform')!r}. Pass --label NAME to keep both, or delete that folder."
+        )
+    logger.info("Replacing the earlier evaluation in %s.", out_dir)
+
+
 def evaluate_run(run_dir, *, data=None, eval_transform=None, label=None, batch_size=64, workers=1):
     """Score a run's best model and write the results into `<run_dir>/evaluations/<label>/`.
 
@@ -84,6 +105,8 @@ def evaluate_run(run_dir, *, data=None, eval_transform=None, label=None, batch_s
     transform = _eval_transform(eval_transform)
     label = label or _default_label(data, eval_transform)
     out_dir = run_dir / EVALUATIONS_DIR / label
+    data_name = _data_name(data)
+    _check_same_evaluation(out_dir, data_name, eval_transform)
 
     table, bad_rows = _test_table(run_dir, data)
     if bad_rows:
@@ -103,7 +126,7 @@ def evaluate_run(run_dir, *, data=None, eval_transform=None, label=None, batch_s
     summary = evaluate_predictions(frame, config.model, out_dir, title_prefix=title_prefix)
     info = {
         "label": label,
-        "data": str(pathlib.Path(data).resolve()) if data is not None else None,
+        "data": data_name,
         "eval_transform": eval_transform,
         "num_faces": len(frame),
         "evaluated": datetime.datetime.now().isoformat(timespec="seconds"),

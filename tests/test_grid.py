@@ -11,6 +11,7 @@ import pytest
 
 from faceage_keras.config import ConfigError
 from faceage_keras.grid import load_grid, run_name
+from faceage_keras.table import DataError
 from faceage_keras.run_evaluation import evaluate_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -108,6 +109,21 @@ def test_load_grid_checks_every_run_first(tmp_path):
         load_grid(grid)
 
 
+def test_load_grid_names_settings_typo(tmp_path):
+    grid = _write_grid(tmp_path, ["m2"], ["none"])
+    grid.write_text(grid.read_text() + "image_sise = 64\n")
+
+    with pytest.raises(ConfigError, match=r"image_sise.*\[settings\] of grid file"):
+        load_grid(grid)
+
+
+def test_load_grid_rejects_unknown_model(tmp_path):
+    grid = _write_grid(tmp_path, ["m2", "m6"], ["none"])
+
+    with pytest.raises(ConfigError, match="Unknown model.*m6"):
+        load_grid(grid)
+
+
 def test_run_name_of_unbalanced():
     assert run_name("m3", "none") == "m3-unbalanced"
     assert run_name("m3", "reweight") == "m3-reweight"
@@ -162,6 +178,17 @@ def test_grid_and_evaluate_end_to_end(utkface_dir, small_face_folder, tmp_path):
     assert info["num_faces"] == len(faces)
     assert (out_dir / "metrics.json").is_file()
     assert (out_dir / "test_scatter.png").is_file()
+
+
+def test_evaluate_keeps_other_evaluation(tmp_path):
+    evaluation = tmp_path / "run" / "evaluations" / "faces"
+    evaluation.mkdir(parents=True)
+    (tmp_path / "run" / "best_model.keras").write_text("")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": "m2"}))
+    (evaluation / "evaluation.json").write_text(json.dumps({"data": "/elsewhere/faces", "eval_transform": None}))
+
+    with pytest.raises(DataError, match="--label"):
+        evaluate_run(tmp_path / "run", data=tmp_path / "faces")
 
 
 def test_evaluate_rejects_folder_without_model(tmp_path):

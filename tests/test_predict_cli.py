@@ -227,7 +227,7 @@ def test_detector_package_missing(fake_faces_module, predictor, face_paths, tmp_
 
 
 def test_cli_without_detection(run_dir, face_paths, tmp_path):
-    # A facenet_pytorch package that fails to import stands in for a machine without it.
+    # A facenet_pytorch package that fails to import simulates a machine without it.
     blocker = tmp_path / "blocked" / "facenet_pytorch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'facenet_pytorch'\")\n")
@@ -286,3 +286,14 @@ def test_real_detector_finds_pasted_faces(predictor, face_paths, tmp_path):
     centres = ((frame["box_x0"] + frame["box_x1"]) / 2).to_numpy()
     assert 100 < centres[0] < 300, f"the first box is centred at x = {centres[0]}, not on the left face"
     assert 550 < centres[1] < 750, f"the second box is centred at x = {centres[1]}, not on the right face"
+
+
+def test_cli_fails_when_nothing_readable(run_dir, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+
+    arguments = ["--run", str(run_dir), "--input", str(notes), "--output", str(tmp_path / "out.csv"), "--cropped"]
+    result = _invoke_predict(arguments, tmp_path)
+
+    assert result.returncode == 1, f"expected exit code 1, got {result.returncode}:\n{result.stderr[-2000:]}"
+    assert "could be read as an image" in result.stderr
