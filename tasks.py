@@ -126,10 +126,10 @@ def train(
 ):
     """Train one of the models M1-M5 and evaluate it on its test split."""
     if resume is not None:
-        given = [name for name, value in _run_options(locals()).items() if value not in (None, False)]
-        if given:
+        run_options = [name for name, value in _run_options(locals()).items() if value not in (None, False)]
+        if run_options:
             raise Exit(
-                f"error: --resume continues a run with its saved config; drop {', '.join(given)} "
+                f"error: --resume continues a run with its saved config; drop {', '.join(run_options)} "
                 f"(only --data and the process options go with --resume).",
                 code=2,
             )

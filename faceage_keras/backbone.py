@@ -135,7 +135,7 @@ class TimmBackbone(keras.layers.Layer):
         """Make the layer trainable with only its last `num_groups` parameter groups unfrozen.
 
         Setting `trainable` afterwards applies to all parameters again.
-        Recompile the model after calling this, so that the optimizer sees
+        Recompile the model after calling this, so that the optimizer gets
         the new trainable variables.
         """
         groups = self.parameter_groups

@@ -48,8 +48,8 @@ def reliability_bins(confidence, outcome, *, num_bins=NUM_CONFIDENCE_BINS):
             the probability of the predicted age group.
         outcome: array-like of 0 or 1, e.g. whether the face is female or
             whether the predicted group is right.
-        num_bins: int. Bin `i` holds confidences in `[i / num_bins, (i + 1) / num_bins)`,
-            and the last bin also holds a confidence of exactly 1.
+        num_bins: int. Bin `i` contains confidences in `[i / num_bins, (i + 1) / num_bins)`,
+            and the last bin also contains a confidence of exactly 1.
 
     Returns:
         `ReliabilityBins`.
@@ -142,7 +142,7 @@ class AgeCalibrationBins:
 def age_calibration_bins(age_true, age_pred, *, bin_width=AGE_BIN_WIDTH, min_faces=1):
     """Compute the mean and spread of the predicted age within each bin of true age.
 
-    Bins start at 0 years and are `bin_width` years wide, so bin `i` holds
+    Bins start at 0 years and are `bin_width` years wide, so bin `i` contains
     true ages in `[i * bin_width, (i + 1) * bin_width)`. Bins with fewer than
     `min_faces` faces are left out. A calibrated age estimate has a mean
     predicted age close to the mean true age in every bin.

@@ -152,7 +152,7 @@ class DatasetEpoch(keras.callbacks.Callback):
 
     The shuffle and augmentation of an epoch then depend on the epoch index
     alone, not on how often Keras called `on_epoch_end` before, so a run
-    resumed at epoch k sees the same batches as an uninterrupted one.
+    resumed at epoch k gets the same batches as an uninterrupted one.
 
     Args:
         dataset: the training `FaceDataset`.

@@ -21,7 +21,7 @@ def normalize(pixels):
 def epoch_order(groups, genders, *, training, balance, seed, epoch):
     """Return the face indices of one epoch: in row order for evaluation, else shuffled or oversampled.
 
-    The order depends only on `seed` and `epoch`, so a resumed run sees the
+    The order depends only on `seed` and `epoch`, so a resumed run trains on the
     same epochs as an uninterrupted one.
     """
     if not training:

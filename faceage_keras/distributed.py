@@ -143,7 +143,7 @@ def install_ddp_train_step(model, context):
 
 def _ddp_train_step(model, wrapper, data):
     # Follows `TorchTrainer.train_step` of Keras 3.15, with the forward pass run
-    # through `wrapper` so that DDP's reducer sees the backward pass.
+    # through `wrapper` so that DDP's reducer hooks into the backward pass.
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     y_pred = wrapper(x, training=True)
     model.zero_grad()

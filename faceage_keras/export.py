@@ -6,9 +6,10 @@ be trained further and loads with `keras.models.load_model` after
 `onnxruntime` and other runtimes without Keras, timm or this package.
 
 The ONNX graph takes float32 images of shape (batch, size, size, 3) in
-[-1, 1] (NHWC, RGB) and returns the Keras outputs under their own names,
-plus `gender_probabilities` and `age_group_probabilities` (the softmax of the
-logits) where the model has those heads. The batch dimension is dynamic.
+[-1, 1] (NHWC, RGB). It returns the Keras outputs under their own names.
+Models with a gender or age-group head also get `gender_probabilities` or
+`age_group_probabilities`, the softmax of those logits. The batch dimension
+is dynamic.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""How evenly a model's errors fall across genders and age groups.
+"""Fairness metrics: the spread of a model's errors across genders and age groups.
 
 Faces are grouped by their TRUE gender (0 = male, 1 = female) and TRUE age
 group. A gap is the difference between the best and the worst group, so a

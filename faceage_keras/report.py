@@ -21,6 +21,7 @@ from faceage_keras.run_folders import ReportError, balance_sort_key, collect_run
 
 logger = logging.getLogger(__name__)
 
+NO_FINISHED_RUN = "No run finished, so there are no results."
 FIGURES_DIR = "figures"
 MODEL_COLOURS = {"m1": "tab:blue", "m2": "tab:orange", "m3": "tab:green", "m4": "tab:red", "m5": "tab:purple"}
 BALANCE_LINE_STYLES = {"none": "-", "oversample": "--", "reweight": ":"}
@@ -228,7 +229,7 @@ def _overall_section(document, inputs, figures_dir):
     section = document.section("Overall results")
     finished = inputs.finished
     if not finished:
-        section.text("No run finished, so there are no results.")
+        section.text(NO_FINISHED_RUN)
         return
 
     table = section.table(
@@ -332,7 +333,7 @@ def _groupwise_section(document, inputs):
     section = document.section("Group-wise MAE")
     series = _all_series(inputs)
     if not series:
-        section.text("No run finished, so there are no results.")
+        section.text(NO_FINISHED_RUN)
         return
     table = section.table(
         Table(
@@ -350,7 +351,7 @@ def _fairness_section(document, inputs):
     section = document.section("Fairness")
     series = _all_series(inputs)
     if not series:
-        section.text("No run finished, so there are no results.")
+        section.text(NO_FINISHED_RUN)
         return
 
     table = section.table(
@@ -426,7 +427,7 @@ def _age_group_section(document, inputs, figures_dir):
     section = document.section("Age groups")
     finished = inputs.finished
     if not finished:
-        section.text("No run finished, so there are no results.")
+        section.text(NO_FINISHED_RUN)
         return
 
     table = section.table(
@@ -517,7 +518,7 @@ def _calibration_section(document, inputs, figures_dir):
     section = document.section("Calibration")
     finished = inputs.finished
     if not finished:
-        section.text("No run finished, so there are no results.")
+        section.text(NO_FINISHED_RUN)
         return
 
     panels = [
@@ -585,7 +586,7 @@ def _group_column_name(label):
 def _balancing_section(document, inputs, figures_dir, baseline):
     section = document.section("Balancing")
     if not inputs.finished:
-        section.text("No run finished, so there are no results.")
+        section.text(NO_FINISHED_RUN)
         return
     deltas = comparison.balance_deltas(inputs.finished, inputs.summaries, baseline=baseline)
     if not deltas:

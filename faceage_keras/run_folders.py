@@ -45,7 +45,7 @@ class Evaluation:
         eval_transform: str or None. Image transform applied before the
             model, e.g. `historical`, or None for the plain images.
         predictions: DataFrame or None. None when the folder has no
-            predictions table; `error` then says why.
+            predictions table. `error` then gives the reason.
         error: str or None.
     """
 
@@ -220,7 +220,7 @@ def load_run(folder, *, name=None, model=None, balance=None):
     for key, manifest_value, run_value in (("model", model, run.model), ("balance", balance, run.balance)):
         if manifest_value is not None and str(manifest_value).lower() != run_value.lower():
             logger.warning(
-                "Run %s: the manifest gives %s=%r but %s says %r; the report uses %r.",
+                "Run %s: the manifest gives %s=%r but %s records %r. The report uses %r.",
                 run.name,
                 key,
                 manifest_value,

@@ -332,6 +332,9 @@ def _fit(fit_model, model, config, context, run_dir, train_data, val_data, state
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=state is not None),
             checkpoint.TrainingCheckpoint(run_dir, select_best, epochs=config.epochs, started=started, state=state),
         ]
+    verbose = 0
+    if context.is_main:
+        verbose = 1 if sys.stdout.isatty() else 2
     # FaceDataset shuffles itself with the seed; Keras' own shuffle would use Python's global RNG.
     fit_model.fit(
         train_data,
@@ -339,7 +342,7 @@ def _fit(fit_model, model, config, context, run_dir, train_data, val_data, state
         initial_epoch=state["epochs_done"] if state else 0,
         callbacks=callbacks,
         shuffle=False,
-        verbose=(1 if sys.stdout.isatty() else 2) if context.is_main else 0,
+        verbose=verbose,
     )
     return select_best
 

@@ -189,9 +189,10 @@ def _prediction_section(faceage_result, peer_result):
     return [
         "## Prediction on cropped faces",
         "",
-        f"From JPEG files to ages, decoding included, on {faces or 'the same'} faces: faceage_keras from {source} "
-        f"(batch {spec['batch_size']}, {spec['workers']} workers), and `AgeAndGender.predict_face` "
-        "(dlib landmarks and alignment, ONNX Runtime, one face per call) on the same faces. "
+        f"Prediction from JPEG files to ages, decoding included, on {faces or 'the same'} faces. "
+        f"faceage_keras ran {source} (batch {spec['batch_size']}, {spec['workers']} workers). "
+        "`AgeAndGender.predict_face` (dlib landmarks and alignment, ONNX Runtime, one face per call) "
+        "ran on the same faces. "
         "MAE in years against ages clipped to 0-75, with predictions clipped the same way.",
         "",
         *_table(["estimator", "faces/s", "relative speed", "MAE", "gender accuracy", "peak RSS MiB"], rows),
